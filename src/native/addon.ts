@@ -125,10 +125,10 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const projectRoot = path.resolve(here, "..", "..");
 let loaded: NativeAddon | undefined;
 
-/** Loads build/Release/thinktune.node once. */
+/** Loads build/Release/thinktune.node once (THINKTUNE_ADDON names another build of it). */
 export function loadNativeAddon(): NativeAddon {
   if (loaded) return loaded;
-  const addonPath = path.join(projectRoot, "build", "Release", "thinktune.node");
+  const addonPath = process.env.THINKTUNE_ADDON ?? path.join(projectRoot, "build", "Release", "thinktune.node");
   if (!existsSync(addonPath)) {
     throw new NativeAddonError(`thinktune's native addon is not built (${addonPath} is missing); run \`npm install\` or \`npm run build:native\`.`);
   }
