@@ -64,6 +64,8 @@ export interface NativeEngineOptions {
   maxTokens: number;
   /** CUDA only: act as a card with this many bytes */
   gpuMemoryBytes?: number;
+  /** the file's tensor data alignment (general.alignment, 32 when absent): offsets are checked against it */
+  alignment?: number;
 }
 
 /** One row of a batch: packed sequences, targets -1 where there is no loss. */

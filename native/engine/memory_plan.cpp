@@ -1,0 +1,140 @@
+#include "engine/memory_plan.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/error.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/matmul.h"
+
+namespace thinktune {
+
+namespace {
+constexpr size_t kAlignment = 64;
+
+size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+// Two passes over the same list of (pointer, count): sum the sizes, then hand out addresses.
+class Layout {
+ public:
+  template <class T>
+  void add(T*& pointer, int64_t count) {
+    slots_.push_back({reinterpret_cast<void**>(&pointer), bytes_});
+    bytes_ += roundUp(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T), kAlignment);
+  }
+  size_t bytes() const { return bytes_; }
+  void assign(char* base) const {
+    for (const Slot& slot : slots_) *slot.pointer = base + slot.offset;
+  }
+
+ private:
+  struct Slot {
+    void** pointer;
+    size_t offset;
+  };
+  std::vector<Slot> slots_;
+  size_t bytes_ = 0;
+};
+
+std::string mebibytes(size_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
+
+char* allocate(size_t bytes, const char* lifetime) {
+  void* block = std::aligned_alloc(kAlignment, roundUp(std::max<size_t>(bytes, kAlignment), kAlignment));
+  if (!block) {
+    throw Error(std::string("out of memory: the ") + lifetime + " buffers need " + mebibytes(bytes) +
+                "; lower maxTokens or the LoRA rank, or free memory");
+  }
+  return static_cast<char*>(block);
+}
+}  // namespace
+
+void MemoryPlan::Block::operator()(void* p) const { std::free(p); }
+
+MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& sizes) : sizes_(sizes) {
+  const ModelConfig& c = model.config();
+  const int64_t T = sizes.maxTokens;
+  const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf, R = lora.options().rank;
+  const int64_t widest = std::max(std::max(C, QD), F);
+
+  Layout loraLayout;
+  const int64_t P = static_cast<int64_t>(lora.parameterCount());
+  loraLayout.add(lora_.params, P);
+  loraLayout.add(lora_.grads, P);
+  loraLayout.add(lora_.m, P);
+  loraLayout.add(lora_.v, P);
+
+  Layout act;
+  ActivationBuffers& a = activations_;
+  act.add(a.residual, (c.nLayer + 1) * T * C);
+  act.add(a.normed1, T * C);
+  act.add(a.rstd1, T);
+  act.add(a.q, T * QD);
+  act.add(a.k, T * KD);
+  act.add(a.v, T * KD);
+  act.add(a.attn, T * QD);
+  act.add(a.lse, c.nHead * T);
+  act.add(a.residual2, T * C);
+  act.add(a.normed2, T * C);
+  act.add(a.rstd2, T);
+  act.add(a.gate, T * F);
+  act.add(a.up, T * F);
+  act.add(a.hidden, T * F);
+  act.add(a.loraHidden, kProjectionCount * T * R);
+  act.add(a.normedFinal, T * C);
+  act.add(a.rstdFinal, T);
+  act.add(a.ropeCache, T * c.headDim);
+  act.add(a.positions, T);
+  act.add(a.seqStart, T);
+  act.add(a.seqEnd, T);
+  act.add(a.dResidual, T * C);
+  act.add(a.dNormed, T * C);
+  act.add(a.dAttn, T * QD);
+  act.add(a.dq, T * QD);
+  act.add(a.dk, T * KD);
+  act.add(a.dv, T * KD);
+  act.add(a.dHidden, T * F);
+  act.add(a.dLoraHidden, T * R);
+  act.add(a.lossInput, T * C);
+  act.add(a.dLossInput, T * C);
+  act.add(a.lossTargets, T);
+  act.add(a.lossPositions, T);
+  act.add(a.runMax, T);
+  act.add(a.runSum, T);
+  act.add(a.targetLogit, T);
+  act.add(a.lossLse, T);
+
+  Layout scratch;
+  ScratchBuffers& s = scratch_;
+  scratch.add(s.weightChunk, sizes.weightChunkFloats);
+  scratch.add(s.logitsChunk, T * sizes.vocabChunk);
+  scratch.add(s.droppedInput, T * widest);
+  scratch.add(s.gemm, static_cast<int64_t>(kernels::gemmWorkspaceFloats(sizes.threads)));
+  scratch.add(s.attention, static_cast<int64_t>(kernels::attentionWorkspaceFloats(T, c.nHead, sizes.threads)));
+
+  loraBytes_ = loraLayout.bytes();
+  activationBytes_ = act.bytes();
+  scratchBytes_ = scratch.bytes();
+  loraBlock_.reset(allocate(loraBytes_, "LoRA"));
+  activationBlock_.reset(allocate(activationBytes_, "activation"));
+  scratchBlock_.reset(allocate(scratchBytes_, "scratch"));
+  loraLayout.assign(loraBlock_.get());
+  act.assign(activationBlock_.get());
+  scratch.assign(scratchBlock_.get());
+  std::memset(loraBlock_.get(), 0, loraBytes_);
+}
+
+std::vector<std::pair<std::string, double>> MemoryPlan::report(const Model& model) const {
+  const double mapped = static_cast<double>(model.mappedBytes());
+  const double converted = static_cast<double>(model.ownedBytes());
+  const double lora = static_cast<double>(loraBytes_);
+  const double activations = static_cast<double>(activationBytes_);
+  const double scratch = static_cast<double>(scratchBytes_);
+  return {{"weights", mapped},
+          {"convertedWeights", converted},
+          {"lora", lora},
+          {"activations", activations},
+          {"scratch", scratch}};
+}
+
+}  // namespace thinktune

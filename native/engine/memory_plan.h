@@ -1,0 +1,106 @@
+// One allocation per lifetime, split into named pointers. Sizes follow from the model, the LoRA
+// options and maxTokens alone, so the peak is known before the first step and reported by
+// memoryPlan(); a failed allocation is an Error with the numbers.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/lora.h"
+#include "engine/model.h"
+
+namespace thinktune {
+
+// LoRA lifetime: parameters, gradients and AdamW moments, each lora.parameterCount() floats.
+struct LoraBuffers {
+  float* params = nullptr;
+  float* grads = nullptr;
+  float* m = nullptr;
+  float* v = nullptr;
+};
+
+// Activation lifetime: what one row of up to T = maxTokens positions needs.
+// C = nEmbd, QD = nHead·headDim, KD = nHeadKv·headDim, F = nFf, R = LoRA rank.
+struct ActivationBuffers {
+  float* residual = nullptr;   // (L + 1, T, C): each layer's input (checkpoints) and the final output
+  float* normed1 = nullptr;    // (T, C) attention RMSNorm output
+  float* rstd1 = nullptr;      // (T)
+  float* q = nullptr;          // (T, QD) after RoPE
+  float* k = nullptr;          // (T, KD) after RoPE
+  float* v = nullptr;          // (T, KD)
+  float* attn = nullptr;       // (T, QD) attention output
+  float* lse = nullptr;        // (nHead, T)
+  float* residual2 = nullptr;  // (T, C) after the attention residual
+  float* normed2 = nullptr;    // (T, C) FFN RMSNorm output
+  float* rstd2 = nullptr;      // (T)
+  float* gate = nullptr;       // (T, F); holds d(gate) in the backward pass
+  float* up = nullptr;         // (T, F); holds d(up) in the backward pass
+  float* hidden = nullptr;     // (T, F) silu(gate)·up
+  float* loraHidden = nullptr;  // (7, T, R) x·Aᵀ of each projection's LoRA
+  float* normedFinal = nullptr;  // (T, C)
+  float* rstdFinal = nullptr;    // (T)
+  float* ropeCache = nullptr;    // (T, headDim)
+  int32_t* positions = nullptr;  // (T)
+  int32_t* seqStart = nullptr;   // (T)
+  int32_t* seqEnd = nullptr;     // (T)
+  // backward
+  float* dResidual = nullptr;  // (T, C)
+  float* dNormed = nullptr;    // (T, C)
+  float* dAttn = nullptr;      // (T, QD)
+  float* dq = nullptr;         // (T, QD)
+  float* dk = nullptr;         // (T, KD)
+  float* dv = nullptr;         // (T, KD)
+  float* dHidden = nullptr;    // (T, F)
+  float* dLoraHidden = nullptr;  // (T, R)
+  // loss head: the positions that have a target, packed
+  float* lossInput = nullptr;    // (T, C)
+  float* dLossInput = nullptr;   // (T, C)
+  int32_t* lossTargets = nullptr;  // (T)
+  int32_t* lossPositions = nullptr;  // (T)
+  float* runMax = nullptr;       // (T)
+  float* runSum = nullptr;       // (T)
+  float* targetLogit = nullptr;  // (T)
+  float* lossLse = nullptr;      // (T)
+};
+
+// Scratch lifetime: reused by every kernel call.
+struct ScratchBuffers {
+  float* weightChunk = nullptr;  // (chunkFloats) dequantized rows of one base matrix
+  float* logitsChunk = nullptr;  // (T, vocabChunk)
+  float* droppedInput = nullptr;  // (T, max(C, QD, F)) LoRA input after dropout
+  float* gemm = nullptr;          // kernels::gemmWorkspaceFloats(threads)
+  float* attention = nullptr;     // kernels::attentionWorkspaceFloats(T, nHead, threads)
+};
+
+struct PlanSizes {
+  int64_t maxTokens = 0;
+  int64_t weightChunkFloats = 0;  // dequantized base-matrix rows held at a time (whole rows)
+  int64_t vocabChunk = 0;       // vocabulary ids per lm_head chunk
+  int threads = 1;
+};
+
+class MemoryPlan {
+ public:
+  MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& sizes);
+  const LoraBuffers& lora() const { return lora_; }
+  const ActivationBuffers& activations() const { return activations_; }
+  const ScratchBuffers& scratch() const { return scratch_; }
+  const PlanSizes& sizes() const { return sizes_; }
+  // bytes per lifetime: weights (mapped file), convertedWeights, lora, activations, scratch
+  std::vector<std::pair<std::string, double>> report(const Model& model) const;
+
+ private:
+  struct Block {
+    void operator()(void* p) const;
+  };
+  PlanSizes sizes_;
+  LoraBuffers lora_;
+  ActivationBuffers activations_;
+  ScratchBuffers scratch_;
+  size_t loraBytes_ = 0, activationBytes_ = 0, scratchBytes_ = 0;
+  std::unique_ptr<char, Block> loraBlock_, activationBlock_, scratchBlock_;
+};
+
+}  // namespace thinktune

@@ -1,0 +1,127 @@
+// Launchers of the CUDA kernels, llm.c style: (outputs, inputs, sizes, stream), each checks its
+// launch and throws thinktune::Error on failure. Activations are fp32 (T rows, row-major), frozen
+// base weights are dequantized to bf16 just before their matrix product, LoRA runs in fp32.
+// Every function mirrors the CPU kernel of the same name in kernels/cpu/ (same formulas, same order
+// of the packed-sequence bookkeeping), which the GPU tests hold it to.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace thinktune::cuda {
+
+// ---- dequantize.cu: GGUF block formats → bf16 / f32 (layouts as native/quant/blocks.h) ----
+
+// out (nRows, rowLength) = rows [row0, row0 + nRows) of a matrix of ggml `type` stored row after row
+void dequantize_rows_bf16(__nv_bfloat16* out, const uint8_t* src, uint32_t type, int64_t rowBytes,
+                          int64_t rowLength, int64_t row0, int64_t nRows, cudaStream_t stream);
+// out (n, rowLength) = rows[i] of the matrix, for i < n (token embedding lookup)
+void dequantize_gather_f32(float* out, const uint8_t* src, uint32_t type, int64_t rowBytes, int64_t rowLength,
+                           const int32_t* rows, int64_t n, cudaStream_t stream);
+// *firstRow = min(*firstRow, the first row holding a NaN or infinite value); caller sets it to ~0
+void find_nonfinite_row(unsigned long long* firstRow, const uint8_t* src, uint32_t type, int64_t rowBytes,
+                        int64_t rowLength, int64_t nRows, cudaStream_t stream);
+// whether dequantize_* know `type`
+bool dequantize_supports(uint32_t type);
+
+// ---- matmul.cu: row-major products through cuBLAS ----
+
+// C (M, N) = alpha·op(A)·op(B) + beta·C, row-major with leading dimensions; A and B bf16, C fp32,
+// fp32 accumulation. op(A) is (M, K): A is stored (M, K), or (K, M) when transA.
+void gemm_bf16(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+               const __nv_bfloat16* A, int64_t lda, const __nv_bfloat16* B, int64_t ldb, float beta, float* C,
+               int64_t ldc);
+// the same in fp32 throughout (LoRA A and B are fp32 master weights)
+void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+              const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// ---- elementwise.cu ----
+
+void add_inplace(float* a, const float* b, int64_t n, cudaStream_t stream);          // a (n) += b (n)
+void to_bf16(__nv_bfloat16* out, const float* inp, int64_t n, cudaStream_t stream);  // out (n) = inp (n)
+void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream);  // out (T, N) += bias (N)
+// out (n, C) = inp[rows[i]] (C) for i < n
+void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
+// out[rows[i]] (C) = inp (n, C)[i]; other rows of out are left as they are
+void scatter_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
+// LoRA dropout with the CPU engine's counter-based mask (Lora::keeps): element i survives when
+// unit(splitmix64(stepKey ^ (site << 40) ^ i)) >= dropout, stepKey derived from seed and step.
+struct DropoutMask {
+  uint64_t stepKey;
+  uint64_t site;  // layer · 7 + projection
+  float dropout;
+};
+// out (n) = keep ? inp·1/(1−p) : 0
+void dropout_forward(float* out, const float* inp, int64_t n, DropoutMask mask, cudaStream_t stream);
+// dinp (n) += keep ? dout·1/(1−p) : 0
+void dropout_backward(float* dinp, const float* dout, int64_t n, DropoutMask mask, cudaStream_t stream);
+
+// ---- rmsnorm.cu ----
+
+// out (T, C) = inp·rstd·weight, rstd (T)
+void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C, float eps,
+                     cudaStream_t stream);
+// dinp (T, C) += the input gradient
+void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
+                      int64_t T, int64_t C, cudaStream_t stream);
+
+// ---- rope.cu ----
+
+// x (T, nHeads, D) rotated in place by cache (T, D) = (cos, sin) pairs (kernels::rope_cache);
+// neox: pairs (i, i + D/2) as qwen2, else adjacent pairs as llama
+void rope_forward(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox, cudaStream_t stream);
+void rope_backward(float* dx, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+                   cudaStream_t stream);
+
+// ---- swiglu.cu ----
+
+void swiglu_forward(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream);  // h = silu(g)·u
+// dg, du may alias g, u
+void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
+                     cudaStream_t stream);
+
+// ---- attention.cu: causal grouped-query attention inside packed sequences, no (T, T) matrix ----
+
+// out (T, nHead, D), lse (nHead, T); q (T, nHead, D), k, v (T, nHeadKv, D); key j is visible to query i
+// when seqStart[i] <= j <= i
+void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const int32_t* seqStart,
+                       int64_t T, int64_t nHead, int64_t nHeadKv, int64_t D, float scale, cudaStream_t stream);
+// dq (T, nHead, D), dk, dv (T, nHeadKv, D) assigned; rowDots (nHead, T) workspace; seqEnd (T) is the end
+// of each position's sequence
+void attention_backward(float* dq, float* dk, float* dv, float* rowDots, const float* dout, const float* q,
+                        const float* k, const float* v, const float* out, const float* lse, const int32_t* seqStart,
+                        const int32_t* seqEnd, int64_t T, int64_t nHead, int64_t nHeadKv, int64_t D, float scale,
+                        cudaStream_t stream);
+// the largest head size the attention kernels take
+constexpr int64_t kMaxHeadDim = 256;
+
+// ---- cross_entropy.cu: lm_head logits a vocabulary chunk at a time (online log-sum-exp) ----
+
+void cross_entropy_begin(float* runMax, float* runSum, float* targetLogit, int64_t N, cudaStream_t stream);
+// logits (N, chunk) for ids [vocab0, vocab0 + chunk)
+void cross_entropy_accumulate(float* runMax, float* runSum, float* targetLogit, const float* logits,
+                              const int32_t* targets, int64_t N, int64_t chunk, int64_t vocab0, cudaStream_t stream);
+// lse (N) = runMax + log(runSum); *lossSum += Σ (lse − targetLogit)
+void cross_entropy_finish(float* lse, double* lossSum, const float* runMax, const float* runSum,
+                          const float* targetLogit, int64_t N, cudaStream_t stream);
+// dlogits (N, chunk) = scale·(softmax − onehot(target)) as bf16, ready for the product with the weights
+void cross_entropy_backward(__nv_bfloat16* dlogits, const float* logits, const float* lse, const int32_t* targets,
+                            int64_t N, int64_t chunk, int64_t vocab0, float scale, cudaStream_t stream);
+
+// ---- adamw.cu ----
+
+// *sumSquares += Σ g² (fp64 accumulation)
+void sum_squares(double* sumSquares, const float* g, int64_t n, cudaStream_t stream);
+struct AdamWStep {
+  float lr, beta1, beta2, eps, weightDecay;
+  float stepSize;         // lr / (1 − beta1^step)
+  float sqrtCorrection2;  // sqrt(1 − beta2^step)
+  float gradScale;        // mean over tokens × clipping factor
+};
+// params, m, v (n) updated from grads (n) exactly as kernels::adamw_update
+void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n, const AdamWStep& hyper,
+                  cudaStream_t stream);
+
+}  // namespace thinktune::cuda

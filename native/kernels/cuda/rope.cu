@@ -1,0 +1,48 @@
+// Rotary position embedding over a (cos, sin) cache built on the host by kernels::rope_cache, so the
+// angles (llama3 frequency factors included) are the CPU engine's to the bit. Backward rotates by −θ.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace thinktune::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+// one thread per rotated pair: x (T, nHeads, D), cache (T, D)
+__global__ void rope_kernel(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+                            float sinSign) {
+  const int64_t pairs = D / 2;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= T * nHeads * pairs) return;
+  const int64_t pair = i % pairs, head = (i / pairs) % nHeads, t = i / (pairs * nHeads);
+  float* h = x + (t * nHeads + head) * D;  // (D)
+  const int64_t first = neox ? pair : 2 * pair;
+  const int64_t second = neox ? pair + D / 2 : 2 * pair + 1;
+  const float cosTheta = cache[t * D + 2 * pair];
+  const float sinTheta = cache[t * D + 2 * pair + 1] * sinSign;
+  const float x0 = h[first], x1 = h[second];
+  h[first] = x0 * cosTheta - x1 * sinTheta;
+  h[second] = x0 * sinTheta + x1 * cosTheta;
+}
+
+void rotate(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox, float sinSign,
+            cudaStream_t stream, const char* name) {
+  const int64_t total = T * nHeads * (D / 2);
+  if (total == 0) return;
+  rope_kernel<<<blocksFor(total, kThreads), kThreads, 0, stream>>>(x, cache, T, nHeads, D, neox, sinSign);
+  checkLaunch(name);
+}
+
+}  // namespace
+
+void rope_forward(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox, cudaStream_t stream) {
+  rotate(x, cache, T, nHeads, D, neox, 1.0f, stream, "rope_forward");
+}
+
+void rope_backward(float* dx, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+                   cudaStream_t stream) {
+  rotate(dx, cache, T, nHeads, D, neox, -1.0f, stream, "rope_backward");
+}
+
+}  // namespace thinktune::cuda

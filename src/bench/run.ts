@@ -1,0 +1,324 @@
+// The benchmark: LoRA training and forward throughput of thinktune's engine on a synth model, measured in
+// the same command beside llama.cpp's prompt evaluation (CPU) and transformers + PEFT training.
+import { createHash } from "node:crypto";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, rename } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { performance } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import type { Token } from "node-llama-cpp";
+import { resolveSynthOptions, synthParameterCount, writeSynthModel, type SynthInput, type SynthOptions } from "../gguf/synth.js";
+import { loadNativeAddon, type GgmlTypeName, type NativeRow } from "../native/addon.js";
+import { Engine, loraTargets } from "../train/engine.js";
+import { defaultPeftScript, defaultPython, llamaCppPromptEvaluation, runPeftBaseline, type PeftRun, type PeftShape } from "./peers.js";
+import type { BenchRecord } from "./results.js";
+
+const run = promisify(execFile);
+export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+export const benchModelDir = path.join(projectRoot, "node_modules", ".cache", "thinktune-bench");
+
+export class BenchError extends Error {
+  override name = "BenchError";
+}
+
+/** The CPU benchmark model: ~156M parameters, the shape peft_lora.py's CPU example uses. */
+export const cpuBenchShape: SynthInput = {
+  arch: "qwen2",
+  nLayer: 8,
+  nEmbd: 1024,
+  nHead: 16,
+  nHeadKv: 4,
+  nFf: 2816,
+  nVocab: 32000,
+  contextLength: 32768,
+  tiedOutput: false,
+  qkvBias: true,
+  seed: 0,
+};
+
+/** LoRA of both benchmarks and of peft_lora.py: rank 16 (alpha 32) on all seven targets. */
+const benchLora = { rank: 16, alpha: 32, targets: [...loraTargets], dropout: 0, seed: 0 };
+const learningRate = 1e-4;
+
+export interface BenchProgress {
+  (message: string): void;
+}
+
+/** A synth GGUF for these options, written once under node_modules/.cache/thinktune-bench. */
+export async function benchModel(input: SynthInput, progress: BenchProgress): Promise<{ path: string; options: SynthOptions }> {
+  const options = resolveSynthOptions(input);
+  const key = createHash("sha256").update(JSON.stringify(options)).digest("hex").slice(0, 12);
+  const file = path.join(benchModelDir, `bench-${options.arch}-${options.nLayer}x${options.nEmbd}-${options.type}-${key}.gguf`);
+  if (!existsSync(file)) {
+    await mkdir(benchModelDir, { recursive: true });
+    progress(`writing the benchmark model ${path.relative(process.cwd(), file)} (${(synthParameterCount(options) / 1e6).toFixed(0)}M parameters, ${options.type}); cached for later runs`);
+    const temp = `${file}.${process.pid}.partial`;
+    let lastReport = 0;
+    await writeSynthModel(temp, options, ({ index, count }) => {
+      const now = performance.now();
+      if (now - lastReport > 10_000) {
+        lastReport = now;
+        progress(`  tensor ${index}/${count}`);
+      }
+    });
+    await rename(temp, file);
+  }
+  return { path: file, options };
+}
+
+export function describeModel(options: SynthOptions): string {
+  return `synth ${options.arch} ${options.nLayer}x${options.nEmbd} ffn ${options.nFf} heads ${options.nHead}/${options.nHeadKv} vocab ${options.nVocab}`;
+}
+
+function peftShape(options: SynthOptions): PeftShape {
+  return { layers: options.nLayer, hidden: options.nEmbd, ffn: options.nFf, heads: options.nHead, kvHeads: options.nHeadKv, vocab: options.nVocab };
+}
+
+/** Deterministic token ids below nVocab (the model is random: the text does not matter, only the count). */
+function benchTokens(count: number, nVocab: number): Int32Array {
+  const tokens = new Int32Array(count);
+  let state = 0x2545f491;
+  for (let i = 0; i < count; i++) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    tokens[i] = state % nVocab;
+  }
+  return tokens;
+}
+
+/** A training row: next-token targets everywhere but the last position (as peft_lora.py's labels=input). */
+function trainingRow(tokens: Int32Array): NativeRow {
+  const targets = new Int32Array(tokens.length).fill(-1);
+  for (let i = 0; i + 1 < tokens.length; i++) targets[i] = tokens[i + 1];
+  return { tokens, targets, seqStarts: Int32Array.of(0) };
+}
+
+/** A forward row with a single target: like a prompt evaluation, the output layer runs for one position. */
+function forwardRow(tokens: Int32Array): NativeRow {
+  const targets = new Int32Array(tokens.length).fill(-1);
+  targets[tokens.length - 2] = tokens[tokens.length - 1];
+  return { tokens, targets, seqStarts: Int32Array.of(0) };
+}
+
+async function timeMean(repeats: number, warmup: number, call: () => Promise<unknown>): Promise<number> {
+  for (let i = 0; i < warmup; i++) await call();
+  const start = performance.now();
+  for (let i = 0; i < repeats; i++) await call();
+  return (performance.now() - start) / 1000 / repeats;
+}
+
+export async function gitCommit(): Promise<string> {
+  try {
+    const { stdout } = await run("git", ["-C", projectRoot, "rev-parse", "--short", "HEAD"]);
+    const { stdout: status } = await run("git", ["-C", projectRoot, "status", "--porcelain", "--untracked-files=no"]);
+    return `${stdout.trim()}${status.trim() === "" ? "" : "-dirty"}`;
+  } catch {
+    return "unknown";
+  }
+}
+
+async function gpuName(): Promise<string | null> {
+  try {
+    const { stdout } = await run("nvidia-smi", ["--query-gpu=name", "--format=csv,noheader"]);
+    return stdout.trim().split("\n")[0] || null;
+  } catch {
+    return null;
+  }
+}
+
+export function describeMachine(gpu: string | null): string {
+  const cpu = os.cpus()[0]?.model.trim() ?? "unknown CPU";
+  return `${os.availableParallelism()}-core ${cpu}${gpu ? "" : ", no GPU"}`;
+}
+
+export interface CommonBenchOptions {
+  types: GgmlTypeName[];
+  seqs: number[];
+  /** timed training steps after the warm-up */
+  steps: number;
+  peft: boolean;
+  python?: string;
+  peftScript?: string;
+  date: string;
+  machine?: string;
+  commit?: string;
+  progress: BenchProgress;
+}
+
+export interface CpuBenchOptions extends CommonBenchOptions {
+  threads: number;
+  llamaCpp: boolean;
+  /** timed forward passes after the warm-up */
+  forwardRepeats: number;
+}
+
+async function peftBaseline(options: CommonBenchOptions, device: "cpu" | "cuda", shape: PeftShape | undefined): Promise<PeftRun | undefined> {
+  if (!options.peft) return undefined;
+  const python = options.python ?? defaultPython(projectRoot);
+  const script = options.peftScript ?? defaultPeftScript(projectRoot);
+  options.progress(`transformers + PEFT (${python} ${script}, DEVICE=${device}, SEQS=${options.seqs.join(",")})`);
+  const result = await runPeftBaseline({ python, script, device, shape, seqs: options.seqs, rank: benchLora.rank, onLine: (line) => options.progress(`  peft: ${line}`) });
+  if (result.failure) options.progress(`  peft stopped early: ${result.failure}`);
+  return result;
+}
+
+/** `--device cpu`: forward beside llama.cpp and training beside PEFT, same file and threads. */
+export async function runCpuBench(options: CpuBenchOptions): Promise<BenchRecord[]> {
+  const commit = options.commit ?? (await gitCommit());
+  const machine = options.machine ?? describeMachine(null);
+  const records: BenchRecord[] = [];
+  let shapeOptions: SynthOptions | undefined;
+  const measured: Omit<BenchRecord, "peftTokensPerSecond">[] = [];
+  for (const type of options.types) {
+    const { path: file, options: synth } = await benchModel({ ...cpuBenchShape, type }, options.progress);
+    shapeOptions = synth;
+    const maxSeq = Math.max(...options.seqs);
+    if (maxSeq > synth.contextLength) throw new BenchError(`--seq ${maxSeq} exceeds the benchmark model's context length ${synth.contextLength}`);
+    options.progress(`thinktune CPU engine, ${type}, ${options.threads} threads`);
+    const engine = await Engine.load(file, { device: "cpu", threads: options.threads, maxTokens: maxSeq, lora: benchLora });
+    const results: { seq: number; forward: number; step: number }[] = [];
+    try {
+      for (const seq of options.seqs) {
+        const tokens = benchTokens(seq, synth.nVocab);
+        const forward = await timeMean(options.forwardRepeats, 1, () => engine.evaluate([forwardRow(tokens)]));
+        options.progress(`  seq ${seq}: forward ${(seq / forward).toFixed(1)} tokens/s (${forward.toFixed(3)} s)`);
+        const row = trainingRow(tokens);
+        const step = await timeMean(options.steps, 1, () => engine.step([row], learningRate));
+        options.progress(`  seq ${seq}: LoRA step ${(seq / step).toFixed(1)} tokens/s (${step.toFixed(3)} s)`);
+        results.push({ seq, forward, step });
+      }
+    } finally {
+      engine.dispose();
+    }
+    for (const { seq, forward, step } of results) {
+      let llamaCpp: number | null = null;
+      if (options.llamaCpp) {
+        // node-llama-cpp brands token ids; these are valid ids of this model's vocabulary
+        const tokens = Array.from(benchTokens(seq, synth.nVocab)) as Token[];
+        const measurement = await llamaCppPromptEvaluation(file, tokens, options.threads, options.forwardRepeats);
+        llamaCpp = measurement.tokensPerSecond;
+        options.progress(`  seq ${seq}: llama.cpp prompt evaluation ${llamaCpp.toFixed(1)} tokens/s (${measurement.seconds.toFixed(3)} s)`);
+      }
+      measured.push({
+        date: options.date,
+        machine,
+        gpu: null,
+        commit,
+        device: "cpu",
+        model: describeModel(synth),
+        type,
+        seq,
+        threads: options.threads,
+        rank: benchLora.rank,
+        tokensPerSecond: round(seq / step),
+        stepSeconds: round(step, 4),
+        forwardTokensPerSecond: round(seq / forward),
+        llamaCppForwardTokensPerSecond: llamaCpp === null ? null : round(llamaCpp),
+      });
+    }
+  }
+  // PEFT trains a random model of the same shape: one run serves every base type
+  const peft = shapeOptions ? await peftBaseline(options, "cpu", peftShape(shapeOptions)) : undefined;
+  for (const record of measured) {
+    const peer = peft?.measurements.find((measurement) => measurement.seq === record.seq);
+    records.push({ ...record, peftTokensPerSecond: peer ? peer.tokensPerSecond : null });
+  }
+  return records;
+}
+
+export interface CudaBenchOptions extends CommonBenchOptions {
+  /** dense bf16 peak of the GPU in TFLOP/s, for MFU (default: known for H100/H200/A100) */
+  peakTflops?: number;
+}
+
+/** Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs we know, for model-FLOPs utilization. */
+const bf16PeakTflops: [RegExp, number][] = [
+  [/H100.*PCIe/i, 756],
+  [/H100|H200|GH200/i, 989],
+  [/A100/i, 312],
+  [/L40S/i, 362],
+  [/RTX 4090/i, 165],
+];
+
+/**
+ * Model FLOPs of one trained token (no recomputation counted): the frozen matrices' forward (2·N) and
+ * input-gradient backward (2·N), N = every matrix parameter including the output layer; causal attention
+ * 2·d·T per layer forward and twice that backward. LoRA's own FLOPs are negligible at rank 16.
+ */
+export function trainingFlopsPerToken(options: SynthOptions, seq: number): number {
+  const headDim = options.nEmbd / options.nHead;
+  const kvWidth = headDim * options.nHeadKv;
+  const perLayer = options.nEmbd * (2 * options.nEmbd + 2 * kvWidth) + 3 * options.nEmbd * options.nFf;
+  const matrices = options.nLayer * perLayer + options.nEmbd * options.nVocab;
+  return 4 * matrices + 6 * options.nLayer * options.nEmbd * seq;
+}
+
+/** `--device cuda`: the 7B preset at each type and length, beside PEFT (bf16) on the same GPU. */
+export async function runCudaBench(options: CudaBenchOptions): Promise<BenchRecord[]> {
+  const addon = loadNativeAddon();
+  const devices = typeof addon.cudaDeviceCount === "function" ? addon.cudaDeviceCount() : 0;
+  if (!addon.backends.includes("cuda") || devices === 0) {
+    throw new BenchError(
+      `--device cuda needs thinktune's CUDA build and a visible GPU; this addon has backends [${addon.backends.join(", ")}] and sees ${devices} CUDA device(s). ` +
+        "Build with the CUDA toolkit present (npm run build:native) on a GPU machine, or run --device cpu.",
+    );
+  }
+  const gpu = await gpuName();
+  const commit = options.commit ?? (await gitCommit());
+  const machine = options.machine ?? describeMachine(gpu);
+  const peakTflops = options.peakTflops ?? bf16PeakTflops.find(([pattern]) => gpu !== null && pattern.test(gpu))?.[1];
+  const maxSeq = Math.max(...options.seqs);
+  const measured: Omit<BenchRecord, "peftTokensPerSecond" | "peftPeakGiB">[] = [];
+  let shapeOptions: SynthOptions | undefined;
+  for (const type of options.types) {
+    const { path: file, options: synth } = await benchModel({ preset: "r1-distill-qwen-7b", type }, options.progress);
+    shapeOptions = synth;
+    options.progress(`thinktune CUDA engine, ${type}${gpu ? ` on ${gpu}` : ""}`);
+    const engine = await Engine.load(file, { device: "cuda", maxTokens: maxSeq, lora: benchLora });
+    try {
+      const plan = engine.memoryPlan();
+      const peakBytes = plan.total ?? Object.values(plan).reduce((sum, bytes) => sum + bytes, 0);
+      for (const seq of options.seqs) {
+        const tokens = benchTokens(seq, synth.nVocab);
+        const forward = await timeMean(3, 1, () => engine.evaluate([forwardRow(tokens)]));
+        const row = trainingRow(tokens);
+        const step = await timeMean(options.steps, 2, () => engine.step([row], learningRate));
+        const mfu = peakTflops ? (trainingFlopsPerToken(synth, seq) * (seq / step)) / (peakTflops * 1e12) : null;
+        options.progress(`  seq ${seq}: LoRA step ${(seq / step).toFixed(1)} tokens/s (${step.toFixed(3)} s), forward ${(seq / forward).toFixed(1)} tokens/s, plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB`);
+        measured.push({
+          date: options.date,
+          machine,
+          gpu,
+          commit,
+          device: "cuda",
+          model: describeModel(synth),
+          type,
+          seq,
+          threads: null,
+          rank: benchLora.rank,
+          tokensPerSecond: round(seq / step),
+          stepSeconds: round(step, 4),
+          forwardTokensPerSecond: round(seq / forward),
+          llamaCppForwardTokensPerSecond: null,
+          peakGiB: round(peakBytes / 2 ** 30, 2),
+          mfu: mfu === null ? null : round(mfu, 4),
+        });
+      }
+    } finally {
+      engine.dispose();
+    }
+  }
+  // peft_lora.py's default shape is the 7B preset's; bf16 base on the GPU
+  const peft = shapeOptions ? await peftBaseline(options, "cuda", peftShape(shapeOptions)) : undefined;
+  return measured.map((record) => {
+    const peer = peft?.measurements.find((measurement) => measurement.seq === record.seq);
+    return { ...record, peftTokensPerSecond: peer ? peer.tokensPerSecond : null, peftPeakGiB: peer ? peer.peakGiB : null };
+  });
+}
+
+function round(value: number, digits = 1): number {
+  const scale = 10 ** digits;
+  return Math.round(value * scale) / scale;
+}

@@ -1,0 +1,53 @@
+// DataReport: what `data check` prints and the trainer records — plain data, JSON-serialisable.
+import type { DataIssue, DataIssueKind } from "./errors.js";
+import type { DataFormat } from "./options.js";
+
+export interface LengthStats {
+  count: number;
+  p50: number;
+  p95: number;
+  max: number;
+}
+
+export interface DataReport {
+  files: { path: string; format?: DataFormat; records: number; role: "train" | "validation" }[];
+  template: { source: string; opensThinking: boolean };
+  /** the resolved --think mode */
+  think: "required" | "optional";
+  /** JSON records read (lines of JSONL, elements of arrays), valid or not */
+  records: number;
+  /** records that passed every check */
+  validRecords: number;
+  /** conversation turns (system, user, assistant) in valid records */
+  turns: number;
+  examples: { total: number; train: number; validation: number; withReasoning: number };
+  /** token lengths of the kept examples: prompt and total as trained; reasoning and answer each tokenized on its own */
+  lengths: { prompt: LengthStats; reasoning: LengthStats; answer: LengthStats; total: LengthStats };
+  tokens: { train: number; validation: number; trainedTrain: number };
+  dropped: {
+    /** records dropped by onInvalid "skip" */
+    invalid: number;
+    /** examples longer than maxLength (dropped, or cut when truncate) */
+    tooLong: number;
+    truncated: number;
+    /** token length of the longest example (0 when none) */
+    longest: number;
+    /** the maxLength that would keep every example */
+    lengthToKeepAll: number;
+    maxLength: number;
+  };
+  errorCount: number;
+  /** the first maxReportedIssues errors */
+  errors: DataIssue[];
+  warningCount: number;
+  warningCounts: Partial<Record<DataIssueKind, number>>;
+  warnings: DataIssue[];
+  cache: { key: string; file?: string; hit: boolean };
+}
+
+export function lengthStats(values: number[]): LengthStats {
+  if (values.length === 0) return { count: 0, p50: 0, p95: 0, max: 0 };
+  const sorted = [...values].sort((a, b) => a - b);
+  const at = (q: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+  return { count: sorted.length, p50: at(0.5), p95: at(0.95), max: sorted[sorted.length - 1] };
+}

@@ -1,0 +1,307 @@
+// The training configuration: one zod schema, layered defaults → config file → flags, and the
+// messages a person sees when a value is wrong ("Expected X for Y, got Z").
+import { createHash } from "node:crypto";
+import { existsSync } from "node:fs";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { z } from "zod";
+import { loadNativeAddon, type LoraTarget } from "../native/addon.js";
+import { builtinTemplateNames, dataFormats } from "../data/options.js";
+
+export class TrainingConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "TrainingConfigError";
+  }
+}
+
+const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
+/** The tiny R1-style model and the sample reasoning data shipped with the package. */
+export const embeddedModelPath = path.join(projectRoot, "models", "tiny-r1.gguf");
+export const embeddedDataPath = path.join(projectRoot, "examples", "data");
+
+export const loraTargets = ["q", "k", "v", "o", "gate", "up", "down"] as const satisfies readonly LoraTarget[];
+
+const positiveInt = z.int().min(1);
+
+export const trainingConfigSchema = z.strictObject({
+  /** free text, ignored: where a recipe comes from */
+  comment: z.union([z.string(), z.array(z.string())]).optional(),
+  /** GGUF base model */
+  model: z.string().min(1).default(embeddedModelPath),
+  /** training data: a JSONL/JSON file or a folder of them */
+  data: z.string().min(1).default(embeddedDataPath),
+  /** separate validation data; without it `valSplit` of the training data is held out */
+  valData: z.string().min(1).optional(),
+  /** held-out fraction; the data loader's default (0.1, or 0 with fewer than 10 examples) when absent */
+  valSplit: z.number().min(0).max(0.9).optional(),
+  /** record format; detected per file when absent */
+  format: z.enum(dataFormats).optional(),
+  /** a built-in chat template instead of the GGUF's own */
+  template: z.enum(builtinTemplateNames).optional(),
+  /** "auto": reasoning required when the template opens <think> (R1 models) */
+  think: z.enum(["required", "optional", "auto"]).default("auto"),
+  onInvalid: z.enum(["error", "skip"]).default("error"),
+  trainOn: z.enum(["last", "all"]).default("last"),
+  /** cut examples longer than maxLength instead of dropping them */
+  truncate: z.boolean().default(false),
+  /** data warnings (looping reasoning, outliers, ...) stop the run */
+  strict: z.boolean().default(false),
+  /** run folder; runs/<timestamp> when absent */
+  out: z.string().min(1).optional(),
+  device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
+  /** CPU threads, 0 = all cores */
+  threads: z.int().min(0).default(0),
+  lora: z
+    .strictObject({
+      rank: positiveInt.default(16),
+      alpha: z.number().positive().default(32),
+      targets: z.array(z.enum(loraTargets)).min(1).default([...loraTargets]),
+      dropout: z.number().min(0).max(0.9).default(0),
+    })
+    .prefault({}),
+  learningRate: z.number().positive().default(1e-4),
+  /** linear warmup steps; 5% of the run when absent */
+  warmupSteps: z.int().min(0).optional(),
+  lrSchedule: z.enum(["cosine", "constant"]).default("cosine"),
+  /** where cosine decay ends */
+  minLearningRate: z.number().min(0).default(0),
+  optimizer: z
+    .strictObject({
+      beta1: z.number().min(0).max(1).default(0.9),
+      beta2: z.number().min(0).max(1).default(0.999),
+      eps: z.number().positive().default(1e-8),
+      weightDecay: z.number().min(0).default(0),
+      /** clip the global gradient norm to this; 0 turns clipping off */
+      clipNorm: z.number().min(0).default(1.0),
+    })
+    .prefault({}),
+  /** longest row in tokens; rows are packed up to it */
+  maxLength: positiveInt.default(4096),
+  /** token budget of one micro-batch; maxLength when absent */
+  batchTokens: positiveInt.optional(),
+  /** micro-batches accumulated into one optimizer step */
+  gradAccum: positiveInt.default(1),
+  epochs: positiveInt.default(3),
+  /** stop after this many optimizer steps (cycling epochs as needed); overrides `epochs` */
+  maxSteps: positiveInt.optional(),
+  seed: z.int().min(0).default(0),
+  /** validation loss every N steps (and at the end) */
+  evalEvery: positiveInt.default(100),
+  checkpointEvery: positiveInt.default(100),
+  /** the last K checkpoints are kept, plus the best by validation loss */
+  keepCheckpoints: positiveInt.default(3),
+  /** a plain progress line every N steps when the output is not a terminal */
+  logEvery: positiveInt.default(10),
+  /** tokens of one training prompt's answer printed before and after training; 0 = off */
+  previewTokens: z.int().min(0).default(0),
+});
+
+/** What a user may write: every key optional. */
+export type TrainingConfigInput = z.input<typeof trainingConfigSchema>;
+/** The resolved configuration with every default filled in. */
+export type TrainingConfig = z.output<typeof trainingConfigSchema>;
+
+/**
+ * The defaults of `thinktune train` with no arguments: the embedded tiny model on the sample data,
+ * tuned so the loss falls visibly in about a minute on 2 CPU cores.
+ */
+export const embeddedDefaultOverrides: TrainingConfigInput = {
+  comment: "thinktune's embedded default: the tiny model on examples/data, tuned to learn visibly in about a minute on 2 CPU cores",
+  lora: { rank: 16, alpha: 32 },
+  learningRate: 1e-3,
+  maxLength: 512,
+  maxSteps: 60,
+  warmupSteps: 5,
+  evalEvery: 20,
+  checkpointEvery: 20,
+  logEvery: 5,
+  previewTokens: 40,
+};
+
+function describeValue(value: unknown): string {
+  if (value === undefined) return "nothing";
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "an array";
+  if (typeof value === "string") return `string ${JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value)}`;
+  if (typeof value === "number") return Number.isInteger(value) ? `integer ${value}` : `number ${value}`;
+  if (typeof value === "object") return "an object";
+  return `${typeof value} ${String(value)}`;
+}
+
+function keyPath(issuePath: readonly PropertyKey[]): string {
+  return issuePath.map((part) => (typeof part === "number" ? `[${part}]` : String(part))).join(".").replace(/\.\[/g, "[");
+}
+
+/** One line per problem, each naming the key, what it should be and what it was. */
+export function formatConfigIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+  const lines: string[] = [];
+  for (const issue of issues) {
+    const at = keyPath(issue.path);
+    const input = (issue as { input?: unknown }).input;
+    switch (issue.code) {
+      case "unrecognized_keys":
+        for (const key of issue.keys) {
+          const full = at === "" ? key : `${at}.${key}`;
+          lines.push(`Unknown key "${full}"${suggestKey(key, issue.path)}`);
+        }
+        break;
+      case "invalid_type":
+        lines.push(`Expected ${issue.expected === "int" ? "integer" : issue.expected} for ${at}, got ${describeValue(input)}`);
+        break;
+      case "invalid_value":
+        lines.push(`Expected one of ${issue.values.map((value) => JSON.stringify(value)).join(", ")} for ${at}, got ${describeValue(input)}`);
+        break;
+      case "too_small":
+        lines.push(
+          issue.origin === "array" || issue.origin === "string"
+            ? `Expected at least ${String(issue.minimum)} ${issue.origin === "array" ? "entries" : "characters"} for ${at}, got ${describeValue(input)}`
+            : `Expected a number ${issue.inclusive ? "≥" : ">"} ${String(issue.minimum)} for ${at}, got ${describeValue(input)}`,
+        );
+        break;
+      case "too_big":
+        lines.push(`Expected a number ${issue.inclusive ? "≤" : "<"} ${String(issue.maximum)} for ${at}, got ${describeValue(input)}`);
+        break;
+      default:
+        lines.push(`${at === "" ? "config" : at}: ${issue.message}`);
+    }
+  }
+  return lines;
+}
+
+function suggestKey(key: string, parent: readonly PropertyKey[]): string {
+  let shape: Record<string, unknown> = trainingConfigSchema.shape;
+  for (const part of parent) {
+    const child = shape[String(part)] as { unwrap?: () => unknown; shape?: Record<string, unknown> } | undefined;
+    const inner = (child?.shape ? child : (child?.unwrap?.() as typeof child)) ?? undefined;
+    if (!inner?.shape) return "";
+    shape = inner.shape;
+  }
+  const lower = key.toLowerCase().replace(/[-_]/g, "");
+  const match = Object.keys(shape).find((candidate) => candidate.toLowerCase() === lower);
+  return match ? `; did you mean "${match}"?` : `; known keys: ${Object.keys(shape).join(", ")}`;
+}
+
+/** Validates one layer of configuration (a file, flags, a library call); `source` names it in errors. */
+export function validateConfigLayer(value: unknown, source: string): TrainingConfigInput {
+  const result = trainingConfigSchema.partial().safeParse(value, { reportInput: true });
+  if (!result.success) {
+    const lines = formatConfigIssues(result.error.issues);
+    throw new TrainingConfigError(`${source}: ${lines.length === 1 ? lines[0] : `\n  ${lines.join("\n  ")}`}`);
+  }
+  return value as TrainingConfigInput;
+}
+
+function mergeLayers(layers: TrainingConfigInput[]): TrainingConfigInput {
+  const merged: Record<string, unknown> = {};
+  for (const layer of layers) {
+    for (const [key, value] of Object.entries(layer)) {
+      if (value === undefined) continue;
+      const previous = merged[key];
+      merged[key] =
+        value !== null && typeof value === "object" && !Array.isArray(value) && previous !== null && typeof previous === "object" && !Array.isArray(previous)
+          ? { ...previous, ...value }
+          : value;
+    }
+  }
+  return merged as TrainingConfigInput;
+}
+
+/** Defaults ← each layer in order (later wins, nested objects merged); paths made absolute. */
+export function resolveConfig(layers: { value: unknown; source: string }[], cwd = process.cwd()): TrainingConfig {
+  const validated = layers.map((layer) => validateConfigLayer(layer.value, layer.source));
+  const result = trainingConfigSchema.safeParse(mergeLayers(validated), { reportInput: true });
+  if (!result.success) throw new TrainingConfigError(`configuration: ${formatConfigIssues(result.error.issues).join("; ")}`);
+  const config = result.data;
+  config.model = path.resolve(cwd, config.model);
+  config.data = path.resolve(cwd, config.data);
+  if (config.valData !== undefined) config.valData = path.resolve(cwd, config.valData);
+  if (config.out !== undefined) config.out = path.resolve(cwd, config.out);
+  if (config.lora.targets.length !== new Set(config.lora.targets).size) {
+    throw new TrainingConfigError(`configuration: lora.targets lists a target twice (${config.lora.targets.join(", ")})`);
+  }
+  return config;
+}
+
+/** Reads a JSON config file; a missing file or bad JSON is a TrainingConfigError naming the file. */
+export async function readConfigFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, "utf8");
+  } catch (error) {
+    throw new TrainingConfigError(`cannot read config file ${file}: ${(error as NodeJS.ErrnoException).code === "ENOENT" ? "it does not exist" : (error as Error).message}`);
+  }
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    throw new TrainingConfigError(`config file ${file} is not valid JSON: ${(error as Error).message}`);
+  }
+}
+
+/** The inputs must exist before anything heavy loads. */
+export function checkInputPaths(config: TrainingConfig): void {
+  const inputs: [string, string | undefined][] = [
+    ["model", config.model],
+    ["data", config.data],
+    ["valData", config.valData],
+  ];
+  for (const [key, file] of inputs) {
+    if (file !== undefined && !existsSync(file)) {
+      throw new TrainingConfigError(`${key}: ${file} does not exist${key === "model" ? "; pass --model with a GGUF file" : `; pass --${key === "data" ? "data" : "val-data"} with a JSONL/JSON file or a folder of them`}`);
+    }
+  }
+}
+
+/** auto = CUDA when the addon was built with it and a device is present. */
+export function resolveDevice(device: TrainingConfig["device"]): "cpu" | "cuda" {
+  if (device !== "auto") return device;
+  const addon = loadNativeAddon();
+  return addon.backends.includes("cuda") && addon.cudaDeviceCount() > 0 ? "cuda" : "cpu";
+}
+
+/** The keys that decide the sequence of losses; resuming requires them unchanged. */
+const trajectoryKeys = [
+  "model",
+  "data",
+  "valData",
+  "valSplit",
+  "format",
+  "template",
+  "think",
+  "onInvalid",
+  "trainOn",
+  "truncate",
+  "lora",
+  "learningRate",
+  "warmupSteps",
+  "lrSchedule",
+  "minLearningRate",
+  "optimizer",
+  "maxLength",
+  "batchTokens",
+  "gradAccum",
+  "epochs",
+  "maxSteps",
+  "seed",
+] as const satisfies readonly (keyof TrainingConfig)[];
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  if (value !== null && typeof value === "object") {
+    const entries = Object.entries(value as Record<string, unknown>).filter(([, child]) => child !== undefined);
+    entries.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([key, child]) => `${JSON.stringify(key)}:${canonicalJson(child)}`).join(",")}}`;
+  }
+  return JSON.stringify(value ?? null);
+}
+
+export function configHash(config: TrainingConfig): string {
+  const picked = Object.fromEntries(trajectoryKeys.map((key) => [key, config[key]]));
+  return createHash("sha256").update(canonicalJson(picked)).digest("hex").slice(0, 16);
+}
+
+/** The trajectory keys whose values differ, for a resume refused because the config changed. */
+export function trajectoryDifferences(a: TrainingConfig, b: TrainingConfig): string[] {
+  return trajectoryKeys.filter((key) => canonicalJson(a[key]) !== canonicalJson(b[key]));
+}

@@ -1,0 +1,119 @@
+// Training behaviour: overfitting one batch, determinism from the seed, packing equivalence, and
+// the optimizer state round trip.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import type { NativeRow } from "../../src/native/addon.js";
+import { Engine } from "../../src/train/engine.js";
+import { synthModel } from "../helpers/models.js";
+import { maxAbsDifference, packedRow, randomTokens, randomizeLora, smallModel } from "./engine-fixtures.js";
+
+const f32Model = () => synthModel({ ...smallModel, arch: "qwen2", type: "F32", seed: 21 });
+const q8Model = () => synthModel({ ...smallModel, arch: "llama", type: "Q8_0", seed: 22 });
+
+describe("training", () => {
+  it("overfits one batch: the loss goes near zero", async () => {
+    const engine = await Engine.load(await q8Model(), { threads: 2, maxTokens: 64, lora: { rank: 8, alpha: 16 }, optimizer: { clipNorm: 1 } });
+    const rows = [packedRow([randomTokens(20, smallModel.nVocab, 31)]), packedRow([randomTokens(16, smallModel.nVocab, 32)])];
+    const losses: number[] = [];
+    for (let step = 0; step < 80; step++) losses.push((await engine.step(rows, 1e-2)).loss);
+    engine.dispose();
+    expect(losses[0]).toBeGreaterThan(4);
+    expect(losses.at(-1)).toBeLessThan(0.05);
+  });
+
+  it("gives the same loss sequence for the same seed (dropout included), another for another seed", async () => {
+    const file = await f32Model();
+    const rows = [packedRow([randomTokens(24, smallModel.nVocab, 41)])];
+    async function run(seed: number): Promise<number[]> {
+      const engine = await Engine.load(file, { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8, dropout: 0.1, seed } });
+      const losses: number[] = [];
+      for (let step = 0; step < 6; step++) losses.push((await engine.step(rows, 5e-3)).lossSum);
+      engine.dispose();
+      return losses;
+    }
+    const first = await run(7);
+    expect(await run(7)).toEqual(first);
+    expect(await run(8)).not.toEqual(first);
+  });
+
+  it("reports the pre-clip norm of the mean gradient", async () => {
+    const engine = await Engine.load(await f32Model(), { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8 }, optimizer: { clipNorm: 1e-3 } });
+    randomizeLora(engine, 3, 0.1);
+    const rows = [packedRow([randomTokens(12, smallModel.nVocab, 42)]), packedRow([randomTokens(9, smallModel.nVocab, 43)])];
+    const { tensors, tokens } = await engine.gradients(rows);
+    let sumSquares = 0;
+    for (const tensor of tensors) for (const value of tensor.data) sumSquares += value * value;
+    const result = await engine.step(rows, 1e-3);
+    engine.dispose();
+    expect(result.tokens).toBe(tokens);
+    expect(result.gradNorm).toBeCloseTo(Math.sqrt(sumSquares) / tokens, 5);
+    expect(result.gradNorm).toBeGreaterThan(1e-3); // so clipping was active and did not change the report
+  });
+});
+
+describe("packing", () => {
+  let engine: Engine;
+  const first = randomTokens(11, smallModel.nVocab, 51);
+  const second = randomTokens(8, smallModel.nVocab, 52);
+  beforeAll(async () => {
+    engine = await Engine.load(await f32Model(), { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8 } });
+    randomizeLora(engine, 4, 0.1);
+  });
+  afterAll(() => engine?.dispose());
+
+  it("a packed row gives each sequence's loss and the summed gradients of the sequences alone", async () => {
+    const packed = packedRow([first, second], 2);
+    const alone = [packedRow([first], 2), packedRow([second], 2)];
+    const packedLoss = await engine.evaluate([packed]);
+    const aloneLosses: number[] = [];
+    for (const row of alone) aloneLosses.push((await engine.evaluate([row])).lossSum);
+    expect(packedLoss.lossSum).toBeCloseTo(aloneLosses[0]! + aloneLosses[1]!, 4);
+
+    // per-sequence: mask the second sequence's targets in the packed row → the first's loss alone
+    const firstOnly: NativeRow = { ...packed, targets: packed.targets.map((target, i) => (i >= first.length ? -1 : target)) };
+    expect((await engine.evaluate([firstOnly])).lossSum).toBeCloseTo(aloneLosses[0]!, 4);
+
+    const packedGradients = await engine.gradients([packed]);
+    const summed = await engine.gradients(alone);
+    expect(packedGradients.tokens).toBe(summed.tokens);
+    for (let i = 0; i < summed.tensors.length; i++) {
+      const expected = summed.tensors[i]!;
+      const actual = packedGradients.tensors[i]!;
+      expect(actual.name).toBe(expected.name);
+      const scale = Math.max(...Array.from(expected.data, Math.abs));
+      expect(maxAbsDifference(actual.data, expected.data), expected.name).toBeLessThanOrEqual(1e-4 * scale + 1e-6);
+    }
+  });
+
+  it("a packed row's logits equal each sequence's own logits", async () => {
+    const packed = await engine.logits({ tokens: Int32Array.from([...first, ...second]), seqStarts: Int32Array.of(0, first.length) });
+    const alone = [await engine.logits(first), await engine.logits(second)];
+    expect(maxAbsDifference(packed.subarray(0, alone[0]!.length), alone[0]!)).toBeLessThan(1e-4);
+    expect(maxAbsDifference(packed.subarray(alone[0]!.length), alone[1]!)).toBeLessThan(1e-4);
+  });
+});
+
+describe("state exchange", () => {
+  it("LoRA and optimizer state round-trip: a restored engine continues with identical losses", async () => {
+    const file = await f32Model();
+    const options = { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8, targets: ["q", "v", "down"] as ("q" | "v" | "down")[] } };
+    const rows = [packedRow([randomTokens(16, smallModel.nVocab, 61)])];
+    const original = await Engine.load(file, options);
+    for (let step = 0; step < 3; step++) await original.step(rows, 1e-2);
+    const lora = original.getLora();
+    const optimizer = original.getOptimizerState();
+    expect(optimizer.step).toBe(3);
+    expect(lora.map((tensor) => tensor.name)).toContain("blk.1.ffn_down.weight.lora_b");
+    expect(lora.find((tensor) => tensor.name === "blk.0.attn_q.weight.lora_a")!.shape).toEqual([4, smallModel.nEmbd]);
+    expect(optimizer.tensors.map((tensor) => tensor.name)).toContain("blk.0.attn_v.weight.lora_a.m");
+
+    const restored = await Engine.load(file, { ...options, lora: { ...options.lora, seed: 99 } });
+    restored.setLora(lora);
+    restored.setOptimizerState(optimizer);
+    const next = await original.step(rows, 1e-2);
+    const resumed = await restored.step(rows, 1e-2);
+    expect(resumed.lossSum).toBe(next.lossSum);
+    expect(maxAbsDifference(restored.getLora()[0]!.data, original.getLora()[0]!.data)).toBe(0);
+    original.dispose();
+    restored.dispose();
+  });
+});
