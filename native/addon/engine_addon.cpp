@@ -9,10 +9,14 @@
 #include <vector>
 
 #include "addon/registry.h"
+#include "engine/cuda_dispatch.h"
 #include "engine/engine.h"
 #include "engine/error.h"
 
 namespace thinktune::addon {
+
+// The engine of options.device (CPU or CUDA) behind the same calls.
+using Engine = DeviceEngine;
 
 namespace {
 
@@ -81,9 +85,8 @@ std::vector<int32_t> int32Field(const Napi::Object& object, const char* key, con
 }
 
 Projection projectionFromName(const std::string& name, const std::string& where) {
-  static const char* const names[kProjectionCount] = {"q", "k", "v", "o", "gate", "up", "down"};
   for (int p = 0; p < kProjectionCount; ++p)
-    if (name == names[p]) return static_cast<Projection>(p);
+    if (name == projectionTargetName(static_cast<Projection>(p))) return static_cast<Projection>(p);
   throw Error(where + ": unknown LoRA target \"" + name + "\"; use q, k, v, o, gate, up or down");
 }
 
@@ -96,9 +99,16 @@ EngineOptions engineOptions(const Napi::Object& options) {
     if (alignment <= 0) throw Error("options.alignment must be positive");
     result.alignment = static_cast<size_t>(alignment);
   }
-  const std::string device = stringField(options, "device", where);
-  if (device != "cpu") {
-    throw Error("options.device \"" + device + "\" is not available in the CPU engine; use device \"cpu\"");
+  if (options.Has("precision") && !options.Get("precision").IsUndefined()) {
+    const std::string precision = stringField(options, "precision", where);
+    if (precision != "fp32" && precision != "bf16") {
+      throw Error("options.precision must be \"fp32\" or \"bf16\", got \"" + precision + "\"");
+    }
+    result.precision = precision == "bf16" ? Precision::BF16 : Precision::FP32;
+  }
+  result.device = stringField(options, "device", where);  // DeviceEngine checks it
+  if (options.Has("gpuMemoryBytes") && !options.Get("gpuMemoryBytes").IsUndefined()) {
+    result.gpuMemoryBytes = integerField(options, "gpuMemoryBytes", where);
   }
   const Napi::Object config = objectField(options, "config", where);
   ModelConfig& c = result.config;

@@ -11,6 +11,7 @@
 #include "engine/error.h"
 #include "engine/parallel.h"
 #include "kernels/cpu/adamw.h"
+#include "kernels/cpu/matmul_bf16.h"
 #include "kernels/cpu/threading.h"
 
 namespace thinktune {
@@ -43,6 +44,9 @@ Engine::Engine(EngineOptions options) : options_(std::move(options)) {
   if (options_.maxTokens > options_.config.contextLength) {
     throw Error("maxTokens " + std::to_string(options_.maxTokens) + " exceeds the model's context length " +
                 std::to_string(options_.config.contextLength));
+  }
+  if (options_.precision == Precision::BF16 && !kernels::bf16MatmulAvailable()) {
+    throw Error("precision \"bf16\" needs a CPU with AVX512-BF16 (and a build for it); use precision \"fp32\"");
   }
   const unsigned cores = std::thread::hardware_concurrency();
   threads_ = options_.threads > 0 ? options_.threads : static_cast<int>(cores == 0 ? 1 : cores);

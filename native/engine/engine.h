@@ -23,8 +23,12 @@ struct OptimizerOptions {
   float clipNorm = 1.0f;  // 0 = no clipping
 };
 
+// Arithmetic of the base-weight matmuls (LoRA and everything else stay fp32).
+enum class Precision { FP32, BF16 };
+
 struct EngineOptions {
   std::string path;
+  Precision precision = Precision::FP32;
   size_t alignment = 32;
   ModelConfig config;
   std::vector<TensorEntry> tensors;
@@ -32,6 +36,8 @@ struct EngineOptions {
   LoraOptions lora;
   OptimizerOptions optimizer;
   int64_t maxTokens = 0;
+  std::string device = "cpu";  // "cpu" or "cuda": engine/cuda_dispatch.h picks the engine
+  int64_t gpuMemoryBytes = 0;  // cuda: plan against a card of this size instead of the free memory (0)
 };
 
 // One row of a batch: packed sequences; targets are -1 where a position has no loss.
@@ -97,26 +103,30 @@ class Engine {
     Engine& engine_;
   };
 
-  enum class Mode { Forward, Gradient };
-
   void validateRows(const std::vector<Row>& rows, bool needTargets) const;
   void checkAbort() const;
   void prepareRow(const Row& row);
   void embed(const Row& row);
   void layerForward(int64_t layer, int64_t T, bool training);
   void layerBackward(int64_t layer, int64_t T, bool training);
-  // Final norm, lm_head and cross-entropy over the row's target positions; with grad, leaves
-  // dL/d(final residual) · gradScale in activations.dResidual. Returns the summed loss.
+  // Final norm, lm_head and cross-entropy over the row's target positions; with the gradient, leaves
+  // dL/d(final residual) in activations.dResidual. Returns the summed loss and the target count.
   LossResult lossHead(const Row& row, bool withGradient);
   LossResult runRows(const std::vector<Row>& rows, bool withGradient, bool training);
 
   // out (T, N) = inp (T, K)·Wᵀ (+ bias) for a base matrix of any type
   void baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T);
+  // out (T, N) [row stride ldOut] = inp (T, K)·rowsᵀ (+ bias) / dinp (T, K) (+)= dout·rows, in the
+  // engine's precision
+  void weightMatmulForward(float* out, ptrdiff_t ldOut, const float* inp, const float* rows, const float* bias,
+                           int64_t T, int64_t K, int64_t N);
+  void weightMatmulBackwardInput(float* dinp, const float* dout, ptrdiff_t ldDout, const float* rows, int64_t T,
+                                 int64_t K, int64_t N, bool accumulate);
   // dinp (T, K) (+)= dout (T, N)·W
   void baseBackwardInput(const MappedTensor& weight, const float* dout, float* dinp, int64_t T, bool accumulate);
   // out (T, N) += scale·((dropout(inp)·Aᵀ)·Bᵀ), keeping x·Aᵀ in activations.loraHidden
   void loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, bool training);
-  // parameter grads += ; dinp (T, K) += the LoRA path's input gradient
+  // parameter grads += ; dinp (T, K) += the LoRA path's input gradient (skipped when dinp is null)
   void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
                     bool training);
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput

@@ -67,7 +67,7 @@ struct ActivationBuffers {
 
 // Scratch lifetime: reused by every kernel call.
 struct ScratchBuffers {
-  float* weightChunk = nullptr;  // (chunkFloats) dequantized rows of one base matrix
+  float* weightChunk = nullptr;  // (weightChunkFloats) dequantized rows of one base matrix
   float* logitsChunk = nullptr;  // (T, vocabChunk)
   float* droppedInput = nullptr;  // (T, max(C, QD, F)) LoRA input after dropout
   float* gemm = nullptr;          // kernels::gemmWorkspaceFloats(threads)

@@ -81,27 +81,26 @@ Model::Model(const std::string& path, std::vector<TensorEntry> tensors, size_t a
 
   tokenEmbedding_ = &matrix("token_embd.weight", c.nEmbd, c.nVocab);
   output_ = c.tiedOutput ? tokenEmbedding_ : &matrix("output.weight", c.nEmbd, c.nVocab);
-  outputNorm_ = smallTensor("output_norm.weight", c.nEmbd, true);
-  ropeFreqs_ = c.hasRopeFreqs ? smallTensor("rope_freqs.weight", c.headDim / 2, true) : nullptr;
+  outputNorm_ = smallTensor("output_norm.weight", c.nEmbd);
+  ropeFreqs_ = c.hasRopeFreqs ? smallTensor("rope_freqs.weight", c.headDim / 2) : nullptr;
   layers_.resize(static_cast<size_t>(c.nLayer));
   for (int64_t l = 0; l < c.nLayer; ++l) {
     LayerWeights& layer = layers_[static_cast<size_t>(l)];
-    layer.attnNorm = smallTensor(layerTensorName(l, "attn_norm", "weight"), c.nEmbd, true);
-    layer.ffnNorm = smallTensor(layerTensorName(l, "ffn_norm", "weight"), c.nEmbd, true);
+    layer.attnNorm = smallTensor(layerTensorName(l, "attn_norm", "weight"), c.nEmbd);
+    layer.ffnNorm = smallTensor(layerTensorName(l, "ffn_norm", "weight"), c.nEmbd);
     const int64_t in[kProjectionCount] = {c.nEmbd, c.nEmbd, c.nEmbd, c.qDim(), c.nEmbd, c.nEmbd, c.nFf};
     const int64_t out[kProjectionCount] = {c.qDim(), c.kvDim(), c.kvDim(), c.nEmbd, c.nFf, c.nFf, c.nEmbd};
     for (int p = 0; p < kProjectionCount; ++p)
       layer.matrix[p] = &matrix(layerTensorName(l, kStems[p], "weight"), in[p], out[p]);
     if (c.hasQkvBias) {
-      for (int p = 0; p < 3; ++p) layer.bias[p] = smallTensor(layerTensorName(l, kStems[p], "bias"), out[p], true);
+      for (int p = 0; p < 3; ++p) layer.bias[p] = smallTensor(layerTensorName(l, kStems[p], "bias"), out[p]);
     }
   }
 }
 
-const float* Model::smallTensor(const std::string& name, int64_t expectedLength, bool required) {
+const float* Model::smallTensor(const std::string& name, int64_t expectedLength) {
   const MappedTensor* tensor = gguf_->find(name);
   if (!tensor) {
-    if (!required) return nullptr;
     throw Error("tensor " + name + " is missing from " + gguf_->path() + "; the file is not a complete " +
                 config_.arch + " model");
   }

@@ -66,7 +66,7 @@ class Model {
   int64_t maxRows() const;
 
  private:
-  const float* smallTensor(const std::string& name, int64_t expectedLength, bool required);
+  const float* smallTensor(const std::string& name, int64_t expectedLength);
   const MappedTensor& matrix(const std::string& name, int64_t rowLength, int64_t rows);
 
   ModelConfig config_;

@@ -6,12 +6,14 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <new>
 
 #include "engine/engine.h"
 #include "engine/error.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_bf16.h"
 #include "kernels/cpu/rmsnorm.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cpu/swiglu.h"
@@ -40,6 +42,24 @@ const float* matrixRows(const MappedTensor& weight, int64_t row0, int64_t nRows,
 }
 }  // namespace
 
+void Engine::weightMatmulForward(float* out, ptrdiff_t ldOut, const float* inp, const float* rows, const float* bias,
+                                 int64_t T, int64_t K, int64_t N) {
+  if (options_.precision == Precision::BF16) {
+    matmul_forward_bf16(out, ldOut, inp, rows, bias, T, K, N, false, plan_->scratch().gemm);
+  } else {
+    matmul_forward(out, ldOut, inp, rows, bias, T, K, N, false, plan_->scratch().gemm);
+  }
+}
+
+void Engine::weightMatmulBackwardInput(float* dinp, const float* dout, ptrdiff_t ldDout, const float* rows, int64_t T,
+                                       int64_t K, int64_t N, bool accumulate) {
+  if (options_.precision == Precision::BF16) {
+    matmul_backward_input_bf16(dinp, dout, ldDout, rows, T, K, N, 1.0f, accumulate, plan_->scratch().gemm);
+  } else {
+    matmul_backward_input(dinp, dout, ldDout, rows, T, K, N, 1.0f, accumulate, plan_->scratch().gemm);
+  }
+}
+
 void Engine::baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T) {
   const int64_t K = weight.rowLength, N = weight.nRows;
   const int64_t chunkRows = weight.type == quant::GgmlType::F32
@@ -48,7 +68,7 @@ void Engine::baseForward(const MappedTensor& weight, const float* bias, const fl
   for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
     const int64_t nRows = std::min(chunkRows, N - r0);
     const float* rows = matrixRows(weight, r0, nRows, plan_->scratch().weightChunk);  // (nRows, K)
-    matmul_forward(out + r0, N, inp, rows, bias ? bias + r0 : nullptr, T, K, nRows, false, plan_->scratch().gemm);
+    weightMatmulForward(out + r0, N, inp, rows, bias ? bias + r0 : nullptr, T, K, nRows);
   }
 }
 
@@ -61,7 +81,7 @@ void Engine::baseBackwardInput(const MappedTensor& weight, const float* dout, fl
   for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
     const int64_t nRows = std::min(chunkRows, N - r0);
     const float* rows = matrixRows(weight, r0, nRows, plan_->scratch().weightChunk);  // (nRows, K)
-    matmul_backward_input(dinp, dout + r0, N, rows, T, K, nRows, 1.0f, accumulate || r0 > 0, plan_->scratch().gemm);
+    weightMatmulBackwardInput(dinp, dout + r0, N, rows, T, K, nRows, accumulate || r0 > 0);
   }
 }
 
@@ -103,6 +123,7 @@ void Engine::loraBackward(const LoraAdapter& adapter, const float* inp, const fl
   matmul_backward_weight(grads + adapter.offsetB, dout, hidden, T, R, N, scale, workspace);
   matmul_backward_input(dHidden, dout, N, params + adapter.offsetB, T, R, N, scale, false, workspace);
   matmul_backward_weight(grads + adapter.offsetA, dHidden, x, T, K, R, 1.0f, workspace);
+  if (!dinp) return;
   if (x == inp) {
     matmul_backward_input(dinp, dHidden, R, params + adapter.offsetA, T, K, R, 1.0f, true, workspace);
     return;
@@ -195,7 +216,9 @@ void Engine::layerBackward(int64_t layer, int64_t T, bool training) {
   const LayerWeights& w = model_->layer(layer);
   const ActivationBuffers& a = plan_->activations();
   const int64_t F = c.nFf;
-  layerForward(layer, T, training);  // recompute this layer's activations from its saved input
+  // Recompute this layer's activations from its saved input; the last layer's are still in place
+  // from the forward pass (the loss head uses buffers of its own).
+  if (layer != c.nLayer - 1) layerForward(layer, T, training);
   const float* x = a.residual + layer * T * c.nEmbd;  // (T, C)
 
   // FFN: a.dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
@@ -219,13 +242,15 @@ void Engine::layerBackward(int64_t layer, int64_t T, bool training) {
                      c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
   rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
   rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
+  // Below layer 0 lies the frozen embedding: there only the LoRA parameter gradients are needed.
+  const bool needInputGradient = layer > 0;
   float* dqkv[3] = {a.dq, a.dk, a.dv};
   for (int p = 0; p < 3; ++p) {
-    baseBackwardInput(*w.matrix[p], dqkv[p], a.dNormed, T, p > 0);
+    if (needInputGradient) baseBackwardInput(*w.matrix[p], dqkv[p], a.dNormed, T, p > 0);
     if (const LoraAdapter* adapter = lora_->find(layer, static_cast<Projection>(p)))
-      loraBackward(*adapter, a.normed1, dqkv[p], a.dNormed, T, training);
+      loraBackward(*adapter, a.normed1, dqkv[p], needInputGradient ? a.dNormed : nullptr, T, training);
   }
-  rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, c.nEmbd);
+  if (needInputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, c.nEmbd);
 }
 
 LossResult Engine::lossHead(const Row& row, bool withGradient) {
@@ -255,7 +280,7 @@ LossResult Engine::lossHead(const Row& row, bool withGradient) {
   for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
     const int64_t chunk = std::min(vocabChunk, V - v0);
     const float* rows = matrixRows(output, v0, chunk, s.weightChunk);  // (chunk, C)
-    matmul_forward(s.logitsChunk, chunk, a.lossInput, rows, nullptr, N, C, chunk, false, s.gemm);
+    weightMatmulForward(s.logitsChunk, chunk, a.lossInput, rows, nullptr, N, C, chunk);
     cross_entropy_accumulate(a.runMax, a.runSum, a.targetLogit, s.logitsChunk, a.lossTargets, N, chunk, v0);
   }
   const double loss = cross_entropy_finish(a.lossLse, a.runMax, a.runSum, a.targetLogit, N);
@@ -265,9 +290,9 @@ LossResult Engine::lossHead(const Row& row, bool withGradient) {
   for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
     const int64_t chunk = std::min(vocabChunk, V - v0);
     const float* rows = matrixRows(output, v0, chunk, s.weightChunk);  // (chunk, C)
-    matmul_forward(s.logitsChunk, chunk, a.lossInput, rows, nullptr, N, C, chunk, false, s.gemm);
+    weightMatmulForward(s.logitsChunk, chunk, a.lossInput, rows, nullptr, N, C, chunk);
     cross_entropy_backward(s.logitsChunk, a.lossLse, a.lossTargets, N, chunk, v0, 1.0f);
-    matmul_backward_input(a.dLossInput, s.logitsChunk, chunk, rows, N, C, chunk, 1.0f, v0 > 0, s.gemm);
+    weightMatmulBackwardInput(a.dLossInput, s.logitsChunk, chunk, rows, N, C, chunk, v0 > 0);
   }
   std::fill(a.dNormed, a.dNormed + T * C, 0.0f);
   for (int64_t n = 0; n < N; ++n)
@@ -315,11 +340,17 @@ std::vector<float> Engine::logits(const Row& row) {
     layerForward(l, T, false);
   }
   rmsnorm_forward(a.normedFinal, a.rstdFinal, a.residual + c.nLayer * T * C, model_->outputNorm(), T, C, c.rmsEps);
-  std::vector<float> result(static_cast<size_t>(T * V));  // (T, V)
+  std::vector<float> result;  // (T, V)
+  try {
+    result.resize(static_cast<size_t>(T * V));
+  } catch (const std::bad_alloc&) {
+    throw Error("out of memory: the logits of " + std::to_string(T) + " positions × " + std::to_string(V) +
+                " vocabulary entries need " + std::to_string((T * V * 4) >> 20) + " MiB; ask for fewer positions");
+  }
   for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
     const int64_t chunk = std::min(vocabChunk, V - v0);
     const float* rows = matrixRows(model_->output(), v0, chunk, plan_->scratch().weightChunk);
-    matmul_forward(result.data() + v0, V, a.normedFinal, rows, nullptr, T, C, chunk, false, plan_->scratch().gemm);
+    weightMatmulForward(result.data() + v0, V, a.normedFinal, rows, nullptr, T, C, chunk);
   }
   for (float value : result)
     if (!std::isfinite(value)) throw Error("logits became NaN or infinite");

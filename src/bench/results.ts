@@ -31,7 +31,7 @@ export interface BenchRecord {
   llamaCppForwardTokensPerSecond: number | null;
   /** transformers + PEFT training the same shape (../shared/bench/peft_lora.py), same command */
   peftTokensPerSecond: number | null;
-  /** planned (= peak) device memory of the engine, GiB */
+  /** the engine's planned memory, its peak by design (GiB; on the CPU the mapped weights included) */
   peakGiB?: number | null;
   peftPeakGiB?: number | null;
   /** model FLOPs utilization of the training step (CUDA) */
@@ -109,9 +109,11 @@ export function renderResultsMarkdown(records: BenchRecord[]): string {
     "(node-llama-cpp prompt evaluation), and transformers + PEFT (`../shared/bench/peft_lora.py`) training",
     "a model of the same shape, rank 16 on all seven targets, one sequence per step.",
     "Forward: our evaluate pass vs llama.cpp's prompt evaluation (both compute the output layer for the",
-    "last position only). Train: LoRA step (forward + backward + AdamW) tokens/s.",
+    "last position only). Train: LoRA step (forward + backward + AdamW) tokens/s. \"vs\" columns are",
+    "speed ratios, ours / theirs (above 1x: thinktune is faster). Peak GiB: the engine's planned memory",
+    "(its peak by design; on the CPU the memory-mapped weights included).",
     "",
-    "| date | machine | commit | device | model | type | seq | threads | train tok/s | PEFT tok/s | vs PEFT | forward tok/s | llama.cpp tok/s | llama.cpp time / ours | step s | peak GiB | PEFT peak GiB | MFU |",
+    "| date | machine | commit | device | model | type | seq | threads | train tok/s | PEFT tok/s | vs PEFT | forward tok/s | llama.cpp tok/s | vs llama.cpp | step s | peak GiB | PEFT peak GiB | MFU |",
     "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   const rows = records.map((record) =>

@@ -102,6 +102,13 @@ function forwardRow(tokens: Int32Array): NativeRow {
   return { tokens, targets, seqStarts: Int32Array.of(0) };
 }
 
+/** The engine's whole planned memory (every lifetime, mapped weights included): its peak by design. */
+function plannedBytes(engine: Engine): number {
+  const plan = engine.memoryPlan();
+  if (typeof plan.total === "number") return plan.total;
+  return Object.values(plan).reduce((sum, bytes) => sum + bytes, 0);
+}
+
 async function timeMean(repeats: number, warmup: number, call: () => Promise<unknown>): Promise<number> {
   for (let i = 0; i < warmup; i++) await call();
   const start = performance.now();
@@ -154,18 +161,37 @@ export interface CpuBenchOptions extends CommonBenchOptions {
   forwardRepeats: number;
 }
 
+/**
+ * Checks what can be checked before minutes of measuring: every length needs a next-token target and a
+ * position before it, and the PEFT script must exist when PEFT runs.
+ */
+function checkBenchOptions(options: CommonBenchOptions): void {
+  const { seqs } = options;
+  const short = seqs.filter((seq) => !Number.isInteger(seq) || seq < 2);
+  if (seqs.length === 0 || short.length > 0) throw new BenchError(`--seq needs lengths of at least 2 tokens, got ${seqs.join(",") || "none"}`);
+  const script = options.peftScript ?? defaultPeftScript(projectRoot);
+  if (options.peft && !existsSync(script)) throw new BenchError(`the PEFT peer script ${script} is missing; pass --peft-script PATH or --no-peft`);
+}
+
 async function peftBaseline(options: CommonBenchOptions, device: "cpu" | "cuda", shape: PeftShape | undefined): Promise<PeftRun | undefined> {
   if (!options.peft) return undefined;
   const python = options.python ?? defaultPython(projectRoot);
   const script = options.peftScript ?? defaultPeftScript(projectRoot);
   options.progress(`transformers + PEFT (${python} ${script}, DEVICE=${device}, SEQS=${options.seqs.join(",")})`);
-  const result = await runPeftBaseline({ python, script, device, shape, seqs: options.seqs, rank: benchLora.rank, onLine: (line) => options.progress(`  peft: ${line}`) });
-  if (result.failure) options.progress(`  peft stopped early: ${result.failure}`);
-  return result;
+  try {
+    const result = await runPeftBaseline({ python, script, device, shape, seqs: options.seqs, rank: benchLora.rank, onLine: (line) => options.progress(`  peft: ${line}`) });
+    if (result.failure) options.progress(`  peft stopped early: ${result.failure}`);
+    return result;
+  } catch (error) {
+    // the engine's measurements stand without the peer: recorded as missing
+    options.progress(`  peft could not run (${(error as Error).message}); recorded as missing`);
+    return undefined;
+  }
 }
 
 /** `--device cpu`: forward beside llama.cpp and training beside PEFT, same file and threads. */
 export async function runCpuBench(options: CpuBenchOptions): Promise<BenchRecord[]> {
+  checkBenchOptions(options);
   const commit = options.commit ?? (await gitCommit());
   const machine = options.machine ?? describeMachine(null);
   const records: BenchRecord[] = [];
@@ -179,6 +205,7 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<BenchRecord
     options.progress(`thinktune CPU engine, ${type}, ${options.threads} threads`);
     const engine = await Engine.load(file, { device: "cpu", threads: options.threads, maxTokens: maxSeq, lora: benchLora });
     const results: { seq: number; forward: number; step: number }[] = [];
+    const peakGiB = round(plannedBytes(engine) / 2 ** 30, 2);
     try {
       for (const seq of options.seqs) {
         const tokens = benchTokens(seq, synth.nVocab);
@@ -197,9 +224,14 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<BenchRecord
       if (options.llamaCpp) {
         // node-llama-cpp brands token ids; these are valid ids of this model's vocabulary
         const tokens = Array.from(benchTokens(seq, synth.nVocab)) as Token[];
-        const measurement = await llamaCppPromptEvaluation(file, tokens, options.threads, options.forwardRepeats);
-        llamaCpp = measurement.tokensPerSecond;
-        options.progress(`  seq ${seq}: llama.cpp prompt evaluation ${llamaCpp.toFixed(1)} tokens/s (${measurement.seconds.toFixed(3)} s)`);
+        try {
+          const measurement = await llamaCppPromptEvaluation(file, tokens, options.threads, options.forwardRepeats);
+          llamaCpp = measurement.tokensPerSecond;
+          options.progress(`  seq ${seq}: llama.cpp prompt evaluation ${llamaCpp.toFixed(1)} tokens/s (${measurement.seconds.toFixed(3)} s)`);
+        } catch (error) {
+          // a failing peer must not throw away the engine's measurements: recorded as missing
+          options.progress(`  seq ${seq}: llama.cpp prompt evaluation failed (${(error as Error).message}); recorded as missing`);
+        }
       }
       measured.push({
         date: options.date,
@@ -216,6 +248,7 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<BenchRecord
         stepSeconds: round(step, 4),
         forwardTokensPerSecond: round(seq / forward),
         llamaCppForwardTokensPerSecond: llamaCpp === null ? null : round(llamaCpp),
+        peakGiB,
       });
     }
   }
@@ -257,6 +290,7 @@ export function trainingFlopsPerToken(options: SynthOptions, seq: number): numbe
 
 /** `--device cuda`: the 7B preset at each type and length, beside PEFT (bf16) on the same GPU. */
 export async function runCudaBench(options: CudaBenchOptions): Promise<BenchRecord[]> {
+  checkBenchOptions(options);
   const addon = loadNativeAddon();
   const devices = typeof addon.cudaDeviceCount === "function" ? addon.cudaDeviceCount() : 0;
   if (!addon.backends.includes("cuda") || devices === 0) {
@@ -278,8 +312,7 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<BenchReco
     options.progress(`thinktune CUDA engine, ${type}${gpu ? ` on ${gpu}` : ""}`);
     const engine = await Engine.load(file, { device: "cuda", maxTokens: maxSeq, lora: benchLora });
     try {
-      const plan = engine.memoryPlan();
-      const peakBytes = plan.total ?? Object.values(plan).reduce((sum, bytes) => sum + bytes, 0);
+      const peakBytes = plannedBytes(engine);
       for (const seq of options.seqs) {
         const tokens = benchTokens(seq, synth.nVocab);
         const forward = await timeMean(3, 1, () => engine.evaluate([forwardRow(tokens)]));

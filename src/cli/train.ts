@@ -10,7 +10,7 @@ import {
   type TrainingConfig,
   type TrainingConfigInput,
 } from "../train/config.js";
-import { generatePreview } from "../train/preview.js";
+import { generatePreview, type Preview } from "../train/preview.js";
 import { Trainer, TrainingDivergedError, type TrainerEvent, type TrainerStepEvent } from "../train/trainer.js";
 import type { DataReport } from "../data/index.js";
 
@@ -133,7 +133,8 @@ class Progress {
     // an exponential moving average keeps the bar's loss readable while steps vary
     this.smoothedLoss = this.smoothedLoss === undefined ? event.loss : 0.9 * this.smoothedLoss + 0.1 * event.loss;
     const now = performance.now();
-    this.firstStepAt ??= { step: event.step - 1, time: now - event.elapsedMs };
+    // timed from the start of this process's first step (elapsedMs also counts the time before a resume)
+    this.firstStepAt ??= { step: event.step - 1, time: now - (event.tokens / event.tokensPerSecond) * 1000 };
     const stepsDone = event.step - this.firstStepAt.step;
     const msPerStep = (now - this.firstStepAt.time) / Math.max(1, stepsDone);
     const eta = formatDuration(msPerStep * (event.totalSteps - event.step));
@@ -242,11 +243,12 @@ async function train(flags: TrainFlags): Promise<number> {
   for (const line of describeDataReport(report)) console.log(line);
 
   const previewExample = config.previewTokens > 0 && flags.resume === undefined ? trainer.firstTrainingExample : undefined;
-  let before: string | undefined;
+  let before: Preview | undefined;
   if (previewExample) {
     before = await generatePreview({
       modelPath: config.model,
       promptTokens: previewExample.tokens.subarray(0, previewExample.lossFrom),
+      referenceTokens: previewExample.tokens.subarray(previewExample.lossFrom),
       maxTokens: config.previewTokens,
       threads: config.threads,
     });
@@ -279,7 +281,7 @@ async function train(flags: TrainFlags): Promise<number> {
           maxTokens: config.previewTokens,
           threads: config.threads,
         });
-        printPreview(previewExample.source, before ?? "", after);
+        printPreview(previewExample.source, config.previewTokens, before!, after);
       }
     }
   } catch (error) {
@@ -332,10 +334,12 @@ function handleEvent(event: TrainerEvent, progress: Progress): number | undefine
   }
 }
 
-function printPreview(source: string, before: string, after: string): void {
-  console.log(`\nOne training prompt (${source}), greedy answer from llama.cpp:`);
-  console.log(`--- before training ---\n${before}`);
-  console.log(`--- after training (with the adapter) ---\n${after}`);
+function printPreview(source: string, maxTokens: number, before: Preview, after: Preview): void {
+  console.log(`\nOne training prompt (${source}); greedy answers by llama.cpp (node-llama-cpp), at most ${maxTokens} tokens:`);
+  console.log(`--- prompt ---\n${before.prompt}`);
+  console.log(`--- trained answer (from the data) ---\n${before.reference ?? ""}`);
+  console.log(`--- before training ---\n${before.answer}`);
+  console.log(`--- after training (base model + adapter) ---\n${after.answer}`);
 }
 
 export function registerTrainCommand(program: Command): void {

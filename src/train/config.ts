@@ -6,8 +6,9 @@ import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
-import { loadNativeAddon, type LoraTarget } from "../native/addon.js";
+import { loadNativeAddon } from "../native/addon.js";
 import { builtinTemplateNames, dataFormats } from "../data/options.js";
+import { loraTargets } from "./engine.js";
 
 export class TrainingConfigError extends Error {
   constructor(message: string) {
@@ -20,8 +21,6 @@ const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "
 /** The tiny R1-style model and the sample reasoning data shipped with the package. */
 export const embeddedModelPath = path.join(projectRoot, "models", "tiny-r1.gguf");
 export const embeddedDataPath = path.join(projectRoot, "examples", "data");
-
-export const loraTargets = ["q", "k", "v", "o", "gate", "up", "down"] as const satisfies readonly LoraTarget[];
 
 const positiveInt = z.int().min(1);
 
@@ -109,15 +108,17 @@ export type TrainingConfig = z.output<typeof trainingConfigSchema>;
  */
 export const embeddedDefaultOverrides: TrainingConfigInput = {
   comment: "thinktune's embedded default: the tiny model on examples/data, tuned to learn visibly in about a minute on 2 CPU cores",
+  // measured on 2 shared cores: 200 steps of one 512-token row take ~40 s; the training loss falls
+  // from ~9.2 to ~0.4 and the greedy answer to the first prompt turns into the trained one
   lora: { rank: 16, alpha: 32 },
-  learningRate: 1e-3,
+  learningRate: 3e-3,
+  warmupSteps: 10,
   maxLength: 512,
-  maxSteps: 60,
-  warmupSteps: 5,
-  evalEvery: 20,
-  checkpointEvery: 20,
-  logEvery: 5,
-  previewTokens: 40,
+  maxSteps: 200,
+  evalEvery: 50,
+  checkpointEvery: 50,
+  logEvery: 25,
+  previewTokens: 60,
 };
 
 function describeValue(value: unknown): string {
@@ -255,9 +256,16 @@ export function checkInputPaths(config: TrainingConfig): void {
 
 /** auto = CUDA when the addon was built with it and a device is present. */
 export function resolveDevice(device: TrainingConfig["device"]): "cpu" | "cuda" {
-  if (device !== "auto") return device;
+  if (device === "cpu") return device;
   const addon = loadNativeAddon();
-  return addon.backends.includes("cuda") && addon.cudaDeviceCount() > 0 ? "cuda" : "cpu";
+  const cudaBuilt = addon.backends.includes("cuda");
+  const cudaDevices = cudaBuilt ? addon.cudaDeviceCount() : 0;
+  if (device === "auto") return cudaDevices > 0 ? "cuda" : "cpu";
+  if (!cudaBuilt) {
+    throw new TrainingConfigError("device: cuda was asked for, but the native addon was built without CUDA (backends: cpu); use --device cpu or auto, or rebuild with a CUDA toolkit");
+  }
+  if (cudaDevices === 0) throw new TrainingConfigError("device: cuda was asked for, but no CUDA device is visible; use --device cpu or auto");
+  return "cuda";
 }
 
 /** The keys that decide the sequence of losses; resuming requires them unchanged. */

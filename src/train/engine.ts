@@ -23,6 +23,11 @@ export const engineOptionsSchema = z
     device: z.enum(["cpu", "cuda"]).default("cpu"),
     /** CPU threads; 0 = every core */
     threads: z.number().int().min(0).max(1024).default(0),
+    /**
+     * Arithmetic of the base-weight matmuls. "fp32" is the reference (matches llama.cpp's F32 logits to
+     * 1e-5); "bf16" rounds both operands to bfloat16 and runs about twice as fast on CPUs with AVX512-BF16.
+     */
+    precision: z.enum(["fp32", "bf16"]).default("fp32"),
     /** longest row (tokens) a batch may hold; defaults to min(2048, the model's context length) */
     maxTokens: positiveInteger.optional(),
     lora: z
@@ -134,6 +139,7 @@ export class Engine {
       config,
       tensors: file.tensors.map(({ name, type, dims, offset }) => ({ name, type, dims, offset })),
       device: resolved.device,
+      precision: resolved.precision,
       threads: resolved.threads === 0 ? os.availableParallelism() : resolved.threads,
       lora: resolved.lora,
       optimizer: resolved.optimizer,

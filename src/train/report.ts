@@ -41,8 +41,14 @@ function ticks(min: number, max: number, count: number): number[] {
 function chart(title: string, series: Series[], yLabel: string): string {
   const all = series.flatMap((entry) => entry.points).filter(([, y]) => Number.isFinite(y));
   if (all.length === 0) return `<figure><figcaption>${escapeHtml(title)}</figcaption><p class="empty">no data yet</p></figure>`;
-  let [xMin, xMax] = [Math.min(...all.map(([x]) => x)), Math.max(...all.map(([x]) => x))];
-  let [yMin, yMax] = [Math.min(...all.map(([, y]) => y)), Math.max(...all.map(([, y]) => y))];
+  // loops, not Math.min(...spread): a long run has more points than a call may take arguments
+  let [xMin, xMax, yMin, yMax] = [Infinity, -Infinity, Infinity, -Infinity];
+  for (const [x, y] of all) {
+    xMin = Math.min(xMin, x);
+    xMax = Math.max(xMax, x);
+    yMin = Math.min(yMin, y);
+    yMax = Math.max(yMax, y);
+  }
   if (xMin === xMax) [xMin, xMax] = [xMin - 1, xMax + 1];
   if (yMin === yMax) [yMin, yMax] = [yMin === 0 ? -1 : yMin * 0.9, yMax === 0 ? 1 : yMax * 1.1];
   const pad = (yMax - yMin) * 0.05;

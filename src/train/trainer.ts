@@ -46,13 +46,13 @@ export class TrainingError extends Error {
 export class TrainingDivergedError extends TrainingError {
   constructor(
     readonly step: number,
-    readonly quantity: "loss" | "gradient norm",
-    readonly value: number,
+    /** what became non-finite, e.g. "the loss is NaN" */
+    readonly reason: string,
     readonly learningRate: number,
     readonly lastCheckpoint: string | undefined,
   ) {
     super(
-      `training diverged at step ${step}: the ${quantity} is ${value} (learning rate ${learningRate}). ` +
+      `training diverged at step ${step}: ${reason} (learning rate ${learningRate}). ` +
         (lastCheckpoint ? `The last good checkpoint is ${lastCheckpoint}. ` : "No checkpoint was written before it. ") +
         `Lower the learning rate (e.g. --lr ${suggestLearningRate(learningRate)}) and train again.`,
     );
@@ -211,6 +211,7 @@ export class Trainer {
     if (this.data) return this.data.report;
     const config = this.config;
     checkInputPaths(config);
+    this.device = resolveDevice(config.device);
     const loaded = await loadTrainingData(config.model, {
       data: config.data,
       valData: config.valData,
@@ -250,7 +251,6 @@ export class Trainer {
     const config = this.config;
     if (!this.resume) await this.checkRunFolderIsFree();
     const checkpoint = this.resume ? await this.findResumeCheckpoint() : undefined;
-    this.device = resolveDevice(config.device);
     const engine = await Engine.load(config.model, {
       device: this.device,
       threads: config.threads,
@@ -444,11 +444,27 @@ export class Trainer {
       const stepNumber = position.step + 1;
       const lr = learningRateAt(schedule, stepNumber);
       const stepStarted = performance.now();
-      const result = await engine.step(rows, lr);
+      let result: Awaited<ReturnType<Engine["step"]>>;
+      try {
+        result = await engine.step(rows, lr);
+      } catch (error) {
+        // The engine refuses non-finite losses and gradients itself (before updating). After at least one
+        // update that is divergence; on the very first step the model or data are at fault, not the rate.
+        const message = (error as Error).message;
+        if (position.step > 0 && /NaN or infinite/.test(message)) {
+          const reason = message.split(";")[0];
+          await writeReport(reportFile, { config, records, totalSteps, status: `diverged at step ${stepNumber}: ${reason}` });
+          throw new TrainingDivergedError(stepNumber, reason, lr, lastCheckpointDir);
+        }
+        throw error;
+      }
       const stepMs = performance.now() - stepStarted;
       const loss = result.tokens > 0 ? result.lossSum / result.tokens : Number.NaN;
-      if (!Number.isFinite(loss)) throw new TrainingDivergedError(stepNumber, "loss", loss, lr, lastCheckpointDir);
-      if (!Number.isFinite(result.gradNorm)) throw new TrainingDivergedError(stepNumber, "gradient norm", result.gradNorm, lr, lastCheckpointDir);
+      const nonFinite = !Number.isFinite(loss) ? `the loss is ${loss}` : !Number.isFinite(result.gradNorm) ? `the gradient norm is ${result.gradNorm}` : undefined;
+      if (nonFinite) {
+        await writeReport(reportFile, { config, records, totalSteps, status: `diverged at step ${stepNumber}: ${nonFinite}` });
+        throw new TrainingDivergedError(stepNumber, nonFinite, lr, lastCheckpointDir);
+      }
       position = { ...position, step: stepNumber, stepInEpoch: position.stepInEpoch + 1 };
       lastTrainLoss = loss;
       const processed = rows.reduce((sum, row) => sum + row.tokens.length, 0);

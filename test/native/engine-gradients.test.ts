@@ -14,11 +14,12 @@ const cases = [
 describe.each(cases)("LoRA gradients match finite differences: $name", ({ synth }) => {
   let engine: Engine;
   let lora: NamedTensor[];
-  // two packed sequences with a prompt part without loss: exercises masking and sequence boundaries
-  const row = packedRow([randomTokens(9, smallModel.nVocab, 1), randomTokens(7, smallModel.nVocab, 2)], 3);
+  // two packed sequences with a prompt part without loss: exercises masking and sequence boundaries;
+  // 89 positions span two 64-position attention blocks, the second sequence starting inside the second
+  const row = packedRow([randomTokens(70, smallModel.nVocab, 1), randomTokens(19, smallModel.nVocab, 2)], 3);
 
   beforeAll(async () => {
-    engine = await Engine.load(await synthModel(synth), { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8 } });
+    engine = await Engine.load(await synthModel(synth), { threads: 2, maxTokens: 96, lora: { rank: 4, alpha: 8 } });
     lora = randomizeLora(engine, 5, 0.2);
   });
   afterAll(() => engine?.dispose());
@@ -55,9 +56,9 @@ describe.each(cases)("LoRA gradients match finite differences: $name", ({ synth 
             const minus = await lossWith(name, index, original - h);
             const numeric = (plus - minus) / (2 * h);
             const analytic = gradient!.data[index]!;
-            // fp32 forward: the loss sum (~40) carries ~1e-5 rounding noise, i.e. ~1e-3 in a difference over 2h
+            // fp32 forward: the loss sum (~600) carries ~1e-4 rounding noise, i.e. ~5e-3 in a difference over 2h
             expect(Math.abs(numeric - analytic), `${name}[${index}] analytic ${analytic} numeric ${numeric}`).toBeLessThanOrEqual(
-              2e-3 + 1e-2 * Math.abs(analytic),
+              5e-3 + 1e-2 * Math.abs(analytic),
             );
             checked.push(name);
           }

@@ -52,10 +52,11 @@ describe("training", () => {
 
 describe("packing", () => {
   let engine: Engine;
-  const first = randomTokens(11, smallModel.nVocab, 51);
-  const second = randomTokens(8, smallModel.nVocab, 52);
+  // the second sequence starts inside the second 64-position attention block
+  const first = randomTokens(75, smallModel.nVocab, 51);
+  const second = randomTokens(30, smallModel.nVocab, 52);
   beforeAll(async () => {
-    engine = await Engine.load(await f32Model(), { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8 } });
+    engine = await Engine.load(await f32Model(), { threads: 2, maxTokens: 128, lora: { rank: 4, alpha: 8 } });
     randomizeLora(engine, 4, 0.1);
   });
   afterAll(() => engine?.dispose());

@@ -47,6 +47,7 @@ BLOCK_TENSORS: dict[str, str] = {
     "attn_k.bias": "self_attn.k_proj.bias",
     "attn_v.bias": "self_attn.v_proj.bias",
     "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_output.bias": "self_attn.o_proj.bias",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
@@ -87,18 +88,13 @@ class GgufModel:
     rms_eps: float
 
 
-def _field_value(field: Any) -> Any:
-    value = field.contents()
-    return value
-
-
 def read_gguf(path: str, gguf: Any) -> GgufModel:
     """Reads metadata and dequantizes every tensor with gguf-py (each by its own type)."""
     try:
         reader = gguf.GGUFReader(path)
     except Exception as error:  # gguf-py raises ValueError/struct.error on malformed files
         raise ReferenceError(f"{path}: gguf-py cannot read the file: {error}") from error
-    metadata = {name: _field_value(field) for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+    metadata = {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
     arch = metadata.get("general.architecture")
     if arch not in ("qwen2", "llama"):
         raise ReferenceError(f"{path}: general.architecture is {arch!r}; the reference covers qwen2 and llama")
@@ -116,7 +112,8 @@ def read_gguf(path: str, gguf: Any) -> GgufModel:
         except NotImplementedError as error:
             raise ReferenceError(f"{path}: tensor {tensor.name}: {error}") from error
         shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
-        tensors[tensor.name] = np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
+        # a copy: F32/F16 tensors come back as views of the read-only memory map
+        tensors[tensor.name] = np.array(values, dtype=np.float32, copy=True).reshape(shape)
     if "token_embd.weight" not in tensors:
         raise ReferenceError(f"{path}: tensor token_embd.weight is missing")
 
@@ -198,6 +195,7 @@ def build_hf_model(model: GgufModel, dtype: torch.dtype = torch.float32) -> torc
     network = network_class(config).to(dtype)
 
     state: dict[str, torch.Tensor] = {}
+    expected_shapes = {name: tuple(value.shape) for name, value in network.state_dict().items()}
 
     def put(name: str, values: np.ndarray) -> None:
         state[name] = torch.from_numpy(np.ascontiguousarray(values)).to(dtype)
@@ -211,9 +209,10 @@ def build_hf_model(model: GgufModel, dtype: torch.dtype = torch.float32) -> torc
             hf_name = f"model.layers.{layer}.{hf_suffix}"
             if name not in tensors:
                 if gguf_suffix.endswith(".bias"):
-                    if model.arch == "qwen2":
-                        # transformers' Qwen2 always has q/k/v biases; a file without them means zero.
-                        put(hf_name, np.zeros(network.state_dict()[hf_name].shape, dtype=np.float32))
+                    # transformers' Qwen2 always has q/k/v biases, and Llama's attention_bias adds one to
+                    # o_proj too: a bias the network has and the file lacks is zero.
+                    if hf_name in expected_shapes:
+                        put(hf_name, np.zeros(expected_shapes[hf_name], dtype=np.float32))
                     continue
                 raise ReferenceError(f"{model.path}: tensor {name} is missing")
             values = tensors[name]
@@ -222,8 +221,7 @@ def build_hf_model(model: GgufModel, dtype: torch.dtype = torch.float32) -> torc
                 values = unpermute_rows(values, heads)
             put(hf_name, values)
 
-    expected = set(network.state_dict().keys())
-    missing = expected - set(state.keys())
+    missing = set(expected_shapes) - set(state.keys())
     if missing:
         raise ReferenceError(f"{model.path}: no GGUF tensor for {sorted(missing)[:5]}")
     network.load_state_dict(state, strict=True)
@@ -240,15 +238,6 @@ def build_hf_model(model: GgufModel, dtype: torch.dtype = torch.float32) -> torc
         rotary.original_inv_freq = rotary.inv_freq.clone()
     network.eval()
     return network
-
-
-def lora_tensor_names(n_layer: int, targets: list[str]) -> list[str]:
-    names = []
-    for layer in range(n_layer):
-        for target in targets:
-            base = f"blk.{layer}.{LORA_TARGETS[target][0]}.weight"
-            names += [f"{base}.lora_a", f"{base}.lora_b"]
-    return names
 
 
 def attach_lora(

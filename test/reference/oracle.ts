@@ -3,19 +3,21 @@
 // answer back; and asks node-llama-cpp (CPU) for llama.cpp's own logits of the same tokens.
 import { execFile, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { getLlama } from "node-llama-cpp";
+import { getLlama, LlamaLogLevel, type ControlledEvaluateInputItem, type Token } from "node-llama-cpp";
 import type { LoraTarget, NamedTensor } from "../../src/native/addon.js";
 import { llamaCppSource } from "../helpers/llama-cpp-source.js";
+import { synthCacheDir } from "../helpers/models.js";
 
 const run = promisify(execFile);
 const here = path.dirname(fileURLToPath(import.meta.url));
 const projectRoot = path.resolve(here, "..", "..");
-export const referencePythonPath = path.join(projectRoot, ".venv-ref", "bin", "python");
+/** The reference venv's Python (THINKTUNE_REFERENCE_PYTHON names another one with the same packages). */
+export const referencePythonPath = process.env.THINKTUNE_REFERENCE_PYTHON ?? path.join(projectRoot, ".venv-ref", "bin", "python");
 export const referenceSetupCommand = "python3 -m venv .venv-ref && .venv-ref/bin/pip install torch transformers peft";
 
 /**
@@ -29,24 +31,42 @@ export async function referenceUnavailableReason(): Promise<string | undefined> 
   try {
     await run(referencePythonPath, ["-c", "import torch, transformers, peft, numpy"], { timeout: 120_000 });
   } catch (error) {
-    return `${referencePythonPath} cannot import torch, transformers and peft (${(error as Error).message.split("\n")[0]}); run \`${referenceSetupCommand}\``;
+    const stderr = String((error as { stderr?: unknown }).stderr ?? "").trim();
+    const reason = stderr === "" ? (error as Error).message : stderr.split("\n").at(-1);
+    return `${referencePythonPath} cannot import torch, transformers and peft (${reason}); run \`${referenceSetupCommand}\``;
   }
   if ((await llamaCppSource()) === undefined) return "node-llama-cpp's llama.cpp source bundle (llama/gitRelease.bundle) is missing, so gguf-py is not available";
   return undefined;
 }
 
 let ggufPy: Promise<string> | undefined;
-/** llama.cpp's gguf-py folder, unpacked once per test process from the bundled source into a temp dir. */
+/**
+ * llama.cpp's gguf-py folder from the bundled source, unpacked once per llama.cpp commit under
+ * node_modules/.cache/thinktune-test (temp folder + rename, so concurrent test processes are safe).
+ */
 export function ggufPyDir(): Promise<string> {
   ggufPy ??= (async () => {
     const source = await llamaCppSource();
     if (source === undefined) throw new Error("node-llama-cpp's llama.cpp source bundle is missing");
-    const target = await mkdtemp(path.join(tmpdir(), "thinktune-gguf-py-"));
-    const archive = path.join(target, "gguf-py.tar");
-    await run("git", ["-C", source, "archive", "--format=tar", "-o", archive, "HEAD", "gguf-py"]);
-    await run("tar", ["-xf", archive, "-C", target]);
-    await rm(archive);
-    return path.join(target, "gguf-py");
+    const { stdout } = await run("git", ["-C", source, "rev-parse", "--short=12", "HEAD"]);
+    const cached = path.join(synthCacheDir, `gguf-py-${stdout.trim()}`);
+    if (!existsSync(cached)) {
+      await mkdir(synthCacheDir, { recursive: true });
+      const temp = await mkdtemp(path.join(synthCacheDir, "gguf-py-partial-"));
+      try {
+        const archive = path.join(temp, "gguf-py.tar");
+        await run("git", ["-C", source, "archive", "--format=tar", "-o", archive, "HEAD", "gguf-py"]);
+        await run("tar", ["-xf", archive, "-C", temp]);
+        await rm(archive);
+        await rename(temp, cached).catch((error: NodeJS.ErrnoException) => {
+          // another process renamed its copy into place first: use that one
+          if (!existsSync(cached)) throw error;
+        });
+      } finally {
+        await rm(temp, { recursive: true, force: true });
+      }
+    }
+    return path.join(cached, "gguf-py");
   })();
   return ggufPy;
 }
@@ -170,7 +190,7 @@ function runPython(args: string[]): Promise<void> {
  * Q·K to half precision, which would hide fp32-level agreement.
  */
 export async function llamaCppLogits(modelPath: string, tokens: Int32Array): Promise<{ nVocab: number; logits: Float64Array }> {
-  const llama = await getLlama({ gpu: false, build: "never", logLevel: "error" });
+  const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });
   const model = await llama.loadModel({ modelPath, gpuLayers: 0 });
   try {
     const context = await model.createContext({
@@ -184,7 +204,9 @@ export async function llamaCppLogits(modelPath: string, tokens: Int32Array): Pro
     try {
       const nVocab = model.fileInfo.tensorInfo?.find((tensor) => tensor.name === "token_embd.weight")?.dimensions[1];
       if (nVocab === undefined) throw new Error(`${modelPath}: token_embd.weight is missing`);
-      const results = await context.getSequence().controlledEvaluate(Array.from(tokens, (token) => [token, { generateNext: { logits: true } }] as const));
+      // ids below the model's vocabulary: node-llama-cpp brands them as Token
+      const input: ControlledEvaluateInputItem[] = Array.from(tokens, (token) => [token as Token, { generateNext: { logits: true } }]);
+      const results = await context.getSequence().controlledEvaluate(input);
       const logits = new Float64Array(tokens.length * Number(nVocab));
       for (let position = 0; position < tokens.length; position++) {
         const next = results[position]?.next.logits;

@@ -86,6 +86,8 @@ def run(request: dict, output_prefix: str) -> None:
                 raise ReferenceError(f"row {index}: {tokens.size} tokens and {targets_row.size} targets")
             if tokens.min() < 0 or tokens.max() >= model.n_vocab:
                 raise ReferenceError(f"row {index}: a token id is outside the vocabulary of {model.n_vocab}")
+            if targets_row.max() >= model.n_vocab or targets_row.min() < -1:
+                raise ReferenceError(f"row {index}: a target is neither -1 nor a token id below {model.n_vocab}")
             logits = row_logits(network, tokens, np.asarray(row.get("seqStarts", [0]), dtype=np.int64))
             mask = torch.from_numpy(targets_row >= 0)
             picked = torch.from_numpy(np.where(targets_row >= 0, targets_row, 0))

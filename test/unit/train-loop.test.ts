@@ -54,7 +54,7 @@ class FakeEngine {
   abort() {}
 }
 
-vi.mock("../../src/train/engine.js", () => ({ Engine: FakeEngine }));
+vi.mock("../../src/train/engine.js", async (importOriginal) => ({ ...(await importOriginal<object>()), Engine: FakeEngine }));
 // the final adapter is written by the export module, which checks shapes against the real model: not this fake's
 vi.mock("../../src/export/gguf-adapter.js", () => ({ writeGgufAdapter: async () => undefined }));
 

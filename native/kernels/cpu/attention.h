@@ -1,7 +1,8 @@
-// Causal grouped-query attention over packed sequences, flash-attention style: no (T, T) matrix is
-// stored; the forward keeps each query's log-sum-exp and the backward recomputes the probabilities.
-// Query position i attends to keys j with seqStart[i] <= j <= i (a packed row never crosses a
-// sequence boundary). Query head h reads key/value head h / (nHead / nHeadKv), as ggml broadcasts.
+// Causal grouped-query attention over packed sequences, flash-attention style: it works on blocks of
+// 64 queries (or keys) at a time, so no (T, T) matrix is stored; the forward keeps each query's
+// log-sum-exp and the backward recomputes the probabilities. Query position i attends to keys j with
+// seqStart[i] <= j <= i (a packed row never crosses a sequence boundary). Query head h reads key/value
+// head h / (nHead / nHeadKv), as ggml broadcasts. The block products run on the packed GEMM (matmul.h).
 #pragma once
 #include <cstddef>
 #include <cstdint>

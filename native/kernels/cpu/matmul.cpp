@@ -150,7 +150,9 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, ptrdiff_
   }
   const int64_t panelsN = roundUp(N, NR) / NR;
   const int64_t panelsM = roundUp(M, MR) / MR;
-  const bool parallel = M * N * K >= 16 * kParallelMinWork;
+  // Called from inside a parallel region (attention's blocks) it runs on the calling thread, whatever
+  // the nesting settings: the workspace holds one slot per thread of a single team.
+  const bool parallel = M * N * K >= 16 * kParallelMinWork && !omp_in_parallel();
 #pragma omp parallel if (parallel)
   {
     const int64_t threads = omp_get_num_threads();

@@ -85,12 +85,17 @@ __device__ float decode(uint32_t type, const uint8_t* row, int64_t e) {
   }
 }
 
+// each thread converts kRun consecutive elements of one row (rowLength is a multiple of kRun), so the
+// row arithmetic is paid once per run and the run shares its block's scales in cache
+template <int kRun>
 __global__ void dequantize_rows_bf16_kernel(__nv_bfloat16* out, const uint8_t* src, uint32_t type, int64_t rowBytes,
                                             int64_t rowLength, int64_t row0, int64_t total) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t i = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kRun;
   if (i >= total) return;
   const int64_t r = i / rowLength, e = i % rowLength;
-  out[i] = __float2bfloat16(decode(type, src + (row0 + r) * rowBytes, e));
+  const uint8_t* row = src + (row0 + r) * rowBytes;
+#pragma unroll
+  for (int x = 0; x < kRun; ++x) out[i + x] = __float2bfloat16(decode(type, row, e + x));
 }
 
 __global__ void dequantize_gather_f32_kernel(float* out, const uint8_t* src, uint32_t type, int64_t rowBytes,
@@ -134,8 +139,13 @@ void dequantize_rows_bf16(__nv_bfloat16* out, const uint8_t* src, uint32_t type,
   checkType(type);
   const int64_t total = nRows * rowLength;
   if (total == 0) return;
-  dequantize_rows_bf16_kernel<<<blocksFor(total, kThreads), kThreads, 0, stream>>>(out, src, type, rowBytes,
-                                                                                    rowLength, row0, total);
+  if (rowLength % 8 == 0) {  // every block format (32 or 256 per block); F32/F16/BF16 rows usually
+    dequantize_rows_bf16_kernel<8><<<blocksFor(total / 8, kThreads), kThreads, 0, stream>>>(out, src, type, rowBytes,
+                                                                                           rowLength, row0, total);
+  } else {
+    dequantize_rows_bf16_kernel<1><<<blocksFor(total, kThreads), kThreads, 0, stream>>>(out, src, type, rowBytes,
+                                                                                        rowLength, row0, total);
+  }
   checkLaunch("dequantize_rows_bf16");
 }
 

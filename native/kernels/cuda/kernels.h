@@ -33,6 +33,10 @@ bool dequantize_supports(uint32_t type);
 void gemm_bf16(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                const __nv_bfloat16* A, int64_t lda, const __nv_bfloat16* B, int64_t ldb, float beta, float* C,
                int64_t ldc);
+// the same over `batch` matrices at element strides strideA, strideB, strideC
+void gemm_bf16_batched(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                       const __nv_bfloat16* A, int64_t lda, int64_t strideA, const __nv_bfloat16* B, int64_t ldb,
+                       int64_t strideB, float beta, float* C, int64_t ldc, int64_t strideC, int64_t batch);
 // the same in fp32 throughout (LoRA A and B are fp32 master weights)
 void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
@@ -84,18 +88,38 @@ void swiglu_backward(float* dg, float* du, const float* dh, const float* g, cons
 
 // ---- attention.cu: causal grouped-query attention inside packed sequences, no (T, T) matrix ----
 
+struct AttentionShape {
+  int64_t T, nHead, nHeadKv, D;
+  float scale;
+  int64_t queryTile;  // Bq: query positions per tile (attentionQueryTile)
+};
+// Buffers of the tiled attention (group = nHead / nHeadKv, Bq = queryTile, T = the planned maximum).
+struct AttentionWorkspace {
+  __nv_bfloat16* q = nullptr;        // (nHeadKv, T, group, D)
+  __nv_bfloat16* k = nullptr;        // (nHeadKv, T, D)
+  __nv_bfloat16* v = nullptr;        // (nHeadKv, T, D)
+  __nv_bfloat16* dout = nullptr;     // (nHeadKv, T, group, D)
+  float* scores = nullptr;           // (nHeadKv, Bq·group, T)
+  float* dscores = nullptr;          // (nHeadKv, Bq·group, T) dP
+  __nv_bfloat16* probs = nullptr;    // (nHeadKv, Bq·group, T)
+  __nv_bfloat16* dprobs = nullptr;   // (nHeadKv, Bq·group, T) dS
+  float* tileOut = nullptr;          // (nHeadKv, Bq·group, D)
+  float* dkAcc = nullptr;            // (nHeadKv, T, D)
+  float* dvAcc = nullptr;            // (nHeadKv, T, D)
+};
+// query positions per tile for rows of up to T positions: score buffers of about 256 MiB
+int64_t attentionQueryTile(int64_t T, int64_t nHead);
+
 // out (T, nHead, D), lse (nHead, T); q (T, nHead, D), k, v (T, nHeadKv, D); key j is visible to query i
-// when seqStart[i] <= j <= i
+// when seqStart[i] <= j <= i. hostSeqStart is the same array in host memory (tile bounds).
 void attention_forward(float* out, float* lse, const float* q, const float* k, const float* v, const int32_t* seqStart,
-                       int64_t T, int64_t nHead, int64_t nHeadKv, int64_t D, float scale, cudaStream_t stream);
-// dq (T, nHead, D), dk, dv (T, nHeadKv, D) assigned; rowDots (nHead, T) workspace; seqEnd (T) is the end
-// of each position's sequence
+                       const int32_t* hostSeqStart, const AttentionShape& shape, const AttentionWorkspace& workspace,
+                       cublasHandle_t cublas, cudaStream_t stream);
+// dq (T, nHead, D), dk, dv (T, nHeadKv, D) assigned; rowDots (nHead, T) workspace
 void attention_backward(float* dq, float* dk, float* dv, float* rowDots, const float* dout, const float* q,
                         const float* k, const float* v, const float* out, const float* lse, const int32_t* seqStart,
-                        const int32_t* seqEnd, int64_t T, int64_t nHead, int64_t nHeadKv, int64_t D, float scale,
-                        cudaStream_t stream);
-// the largest head size the attention kernels take
-constexpr int64_t kMaxHeadDim = 256;
+                        const int32_t* hostSeqStart, const AttentionShape& shape, const AttentionWorkspace& workspace,
+                        cublasHandle_t cublas, cudaStream_t stream);
 
 // ---- cross_entropy.cu: lm_head logits a vocabulary chunk at a time (online log-sum-exp) ----
 

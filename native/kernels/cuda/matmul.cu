@@ -47,6 +47,21 @@ void gemm_bf16(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64
        "gemm_bf16");
 }
 
+void gemm_bf16_batched(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                       const __nv_bfloat16* A, int64_t lda, int64_t strideA, const __nv_bfloat16* B, int64_t ldb,
+                       int64_t strideB, float beta, float* C, int64_t ldc, int64_t strideC, int64_t batch) {
+  if (M == 0 || N == 0 || batch == 0) return;
+  const cublasStatus_t status = cublasGemmStridedBatchedEx(
+      handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N),
+      static_cast<int>(M), static_cast<int>(K), &alpha, B, CUDA_R_16BF, static_cast<int>(ldb), strideB, A,
+      CUDA_R_16BF, static_cast<int>(lda), strideA, &beta, C, CUDA_R_32F, static_cast<int>(ldc), strideC,
+      static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw Error(std::string("cuBLAS gemm_bf16_batched (") + std::to_string(batch) + "×" + std::to_string(M) + "×" +
+                std::to_string(N) + "×" + std::to_string(K) + ") failed: " + cublasStatusName(status));
+  }
+}
+
 void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   gemm(handle, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_32F, CUBLAS_COMPUTE_32F,

@@ -1,0 +1,977 @@
+// The CUDA engine (see cuda_engine.h): thinktune::Engine's passes (train_step.cpp) step for step on
+// the GPU. Per layer: RMSNorm → Q/K/V (+bias, +LoRA) → RoPE → causal GQA attention → O (+LoRA) →
+// residual → RMSNorm → SwiGLU FFN (+LoRA) → residual; backward recomputes each layer from its saved
+// input and produces gradients for LoRA A and B only. Host code here enqueues on one stream and
+// synchronizes once per call (and where a number must come back: the loss, the gradient norm).
+#include "engine/cuda_engine.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <unordered_map>
+
+#include "engine/error.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/kernels.h"
+
+namespace thinktune {
+
+using namespace cuda;
+
+namespace {
+
+constexpr size_t kAlignment = 256;
+constexpr int64_t kLogitsChunkFloats = int64_t{32} << 20;  // 128 MiB of (tokens, vocab chunk) logits
+// Kept free for the CUDA context, cuBLAS workspaces and the allocator when planning against a card
+// size (--gpu-memory), where none of that is already subtracted from the free memory.
+constexpr size_t kContextReserveBytes = size_t{768} << 20;
+
+size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+std::string gibibytes(double bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.2f GiB", bytes / double(1u << 30));
+  return text;
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// A CUDA or cuBLAS failure: the context may be unusable afterwards, so the engine refuses later calls.
+bool isDeviceFailure(const Error& error) {
+  const std::string message = error.what();
+  return message.rfind("CUDA error", 0) == 0 || message.rfind("cuBLAS", 0) == 0;
+}
+
+// Two passes over the same list: sum the sizes, then hand out addresses inside one allocation.
+class Layout {
+ public:
+  template <class T>
+  void add(T*& pointer, int64_t count) {
+    slots_.push_back({reinterpret_cast<void**>(&pointer), bytes_});
+    bytes_ += roundUp(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T), kAlignment);
+  }
+  size_t bytes() const { return bytes_; }
+  void assign(char* base) const {
+    for (const Slot& slot : slots_) *slot.pointer = base + slot.offset;
+  }
+
+ private:
+  struct Slot {
+    void** pointer;
+    size_t offset;
+  };
+  std::vector<Slot> slots_;
+  size_t bytes_ = 0;
+};
+
+// A base matrix in GPU memory, still in its GGUF type.
+struct DeviceMatrix {
+  const MappedTensor* host = nullptr;
+  uint8_t* data = nullptr;  // (nRows, rowBytes)
+};
+
+struct DeviceLayer {
+  float* attnNorm = nullptr;  // (C)
+  float* ffnNorm = nullptr;   // (C)
+  float* bias[kProjectionCount] = {};
+  DeviceMatrix matrix[kProjectionCount];
+};
+
+}  // namespace
+
+struct CudaEngine::State {
+  EngineOptions options;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Lora> lora;
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  char* block = nullptr;  // the one device allocation
+  size_t weightBytes = 0, loraBytes = 0, activationBytes = 0, scratchBytes = 0;
+  int64_t vocabChunk = 0;
+  int64_t optimizerStep = 0;
+  std::atomic<bool> busy{false};
+  std::atomic<bool> abortRequested{false};
+  std::atomic<const char*> runningCall{""};
+  std::string broken;  // why the device became unusable, or empty
+
+  // weights lifetime
+  std::vector<DeviceLayer> layers;
+  DeviceMatrix tokenEmbedding, output;
+  float* outputNorm = nullptr;  // (C)
+  // LoRA lifetime: P floats each
+  float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
+  // activation lifetime (T = maxTokens; see memory_plan.h for the CPU twins)
+  float* residual = nullptr;   // (L + 1, T, C)
+  float* normed1 = nullptr;    // (T, C)
+  float* rstd1 = nullptr;      // (T)
+  float* q = nullptr;          // (T, QD)
+  float* k = nullptr;          // (T, KD)
+  float* vAct = nullptr;       // (T, KD)
+  float* attn = nullptr;       // (T, QD)
+  float* lse = nullptr;        // (nHead, T)
+  float* residual2 = nullptr;  // (T, C)
+  float* normed2 = nullptr;    // (T, C)
+  float* rstd2 = nullptr;      // (T)
+  float* gate = nullptr;       // (T, F); d(gate) in backward
+  float* up = nullptr;         // (T, F); d(up) in backward
+  float* hidden = nullptr;     // (T, F)
+  float* loraHidden = nullptr;  // (7, T, R)
+  float* normedFinal = nullptr;  // (T, C)
+  float* rstdFinal = nullptr;    // (T)
+  float* ropeCache = nullptr;    // (T, headDim)
+  int32_t* tokens = nullptr;     // (T)
+  int32_t* seqStart = nullptr;   // (T)
+  float* dResidual = nullptr;    // (T, C)
+  float* dNormed = nullptr;      // (T, C)
+  float* dAttn = nullptr;        // (T, QD)
+  float* dq = nullptr;           // (T, QD)
+  float* dk = nullptr;           // (T, KD)
+  float* dv = nullptr;           // (T, KD)
+  float* dHidden = nullptr;      // (T, F)
+  float* dLoraHidden = nullptr;  // (T, R)
+  float* rowDots = nullptr;      // (nHead, T)
+  float* lossInput = nullptr;    // (T, C)
+  float* dLossInput = nullptr;   // (T, C)
+  int32_t* lossTargets = nullptr;    // (T)
+  int32_t* lossPositions = nullptr;  // (T)
+  float* runMax = nullptr;       // (T)
+  float* runSum = nullptr;       // (T)
+  float* targetLogit = nullptr;  // (T)
+  float* lossLse = nullptr;      // (T)
+  double* lossSum = nullptr;     // (1)
+  double* sumSquares = nullptr;  // (1)
+  unsigned long long* badRow = nullptr;  // (matrices) first non-finite row of each base matrix
+  // scratch lifetime
+  __nv_bfloat16* weightBf16 = nullptr;  // (largest matrix of a layer, or vocabChunk·C)
+  __nv_bfloat16* inputBf16 = nullptr;   // (T, widest) a product's activation operand
+  float* droppedInput = nullptr;        // (T, widest) LoRA input after dropout (only with dropout)
+  float* logitsChunk = nullptr;         // (T, vocabChunk)
+  __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
+  AttentionWorkspace attentionWorkspace;  // the tiled attention's buffers (kernels.h)
+  int64_t queryTile = 0;
+  std::vector<int32_t> hostSeqStart;      // (T) the current row's sequence starts, for attention tiles
+
+  ~State() {
+    cudaSetDevice(device);  // may run on any thread; errors here have nowhere to go
+    if (cublas) cublasDestroy(cublas);
+    if (stream) cudaStreamDestroy(stream);
+    if (block) cudaFree(block);
+  }
+
+  void upload(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync (to the GPU)");
+  }
+  void download(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync (from the GPU)");
+    synchronize();
+  }
+  void synchronize() { check(cudaStreamSynchronize(stream), "cudaStreamSynchronize"); }
+  void zero(void* dst, size_t bytes) { check(cudaMemsetAsync(dst, 0, bytes, stream), "cudaMemsetAsync"); }
+  void checkAbort() const {
+    if (abortRequested.load()) throw AbortedError();
+  }
+
+  // Holds the engine for one call: refuses a concurrent call and a broken device, selects the device
+  // on this (worker) thread, and marks the engine broken when a CUDA failure escapes the call.
+  template <class Body>
+  auto guarded(const char* what, Body&& body) -> decltype(body()) {
+    if (busy.exchange(true)) {
+      throw Error(std::string("engine busy: ") + runningCall.load() + " is still running; await it before calling " +
+                  what);
+    }
+    runningCall.store(what);
+    struct Release {
+      State& s;
+      ~Release() {
+        s.runningCall.store("");
+        s.busy.store(false);
+      }
+    } release{*this};
+    if (!broken.empty()) {
+      throw Error("the CUDA engine is unusable after an earlier GPU failure (" + broken +
+                  "); dispose it and create a new engine");
+    }
+    try {
+      check(cudaSetDevice(device), "cudaSetDevice");
+      return body();
+    } catch (const AbortedError&) {
+      throw;
+    } catch (const Error& error) {
+      if (isDeviceFailure(error)) broken = error.what();
+      throw;
+    }
+  }
+
+  void plan();
+  AttentionShape attentionShape(int64_t T) const {
+    const ModelConfig& c = model->config();
+    return {T, c.nHead, c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), queryTile};
+  }
+  void validateRows(const std::vector<Row>& rows, bool needTargets) const;
+  void prepareRow(const Row& row);
+  void embed(const Row& row);
+  void baseForward(const DeviceMatrix& weight, const float* bias, const float* inp, float* out, int64_t T);
+  void baseBackwardInput(const DeviceMatrix& weight, const float* dout, float* dinp, int64_t T, bool accumulate);
+  DropoutMask dropoutMask(const LoraAdapter& adapter) const;
+  const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training);
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, bool training);
+  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
+                    bool training);
+  void layerForward(int64_t layer, int64_t T, bool training);
+  void layerBackward(int64_t layer, int64_t T, bool training);
+  int64_t lossHead(const Row& row, bool withGradient);
+  LossResult runRows(const std::vector<Row>& rows, bool withGradient, bool training);
+  std::vector<NamedTensorData> namedTensors(const float* deviceBlock, const char* suffix);
+  std::vector<float> blockFromNamed(const std::vector<NamedTensorData>& tensors, const char* suffix,
+                                    const char* what) const;
+};
+
+
+int cudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return count;
+}
+
+// ---- construction and the memory plan ----
+
+CudaEngine::CudaEngine(EngineOptions options) : state_(std::make_unique<State>()) {
+  State& s = *state_;
+  s.options = std::move(options);
+  EngineOptions& o = s.options;
+  if (o.maxTokens <= 0) throw Error("maxTokens must be a positive integer, got " + std::to_string(o.maxTokens));
+  if (o.maxTokens > o.config.contextLength) {
+    throw Error("maxTokens " + std::to_string(o.maxTokens) + " exceeds the model's context length " +
+                std::to_string(o.config.contextLength));
+  }
+  if (o.gpuMemoryBytes < 0) throw Error("gpuMemoryBytes must be >= 0, got " + std::to_string(o.gpuMemoryBytes));
+  if (cudaDeviceCount() == 0) {
+    throw Error("options.device \"cuda\" is not available in the CPU engine, and no CUDA device is usable here "
+                "(no GPU or no NVIDIA driver); use device \"cpu\"");
+  }
+  s.model = std::make_unique<Model>(o.path, std::move(o.tensors), o.alignment, o.config);
+  o.tensors.clear();
+  s.lora = std::make_unique<Lora>(s.model->config(), o.lora);
+  for (const LoraAdapter& adapter : s.lora->adapters()) {
+    const MappedTensor* matrix = s.model->layer(adapter.layer).matrix[static_cast<int>(adapter.projection)];
+    if (!dequantize_supports(static_cast<uint32_t>(matrix->type))) {
+      throw Error("tensor " + matrix->name + ": its type is not supported by the CUDA engine");
+    }
+  }
+  check(cudaGetDevice(&s.device), "cudaGetDevice");
+  check(cudaStreamCreateWithFlags(&s.stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (cublasCreate(&s.cublas) != CUBLAS_STATUS_SUCCESS) throw Error("cuBLAS: cublasCreate failed");
+  if (cublasSetStream(s.cublas, s.stream) != CUBLAS_STATUS_SUCCESS) throw Error("cuBLAS: cublasSetStream failed");
+  s.plan();
+}
+
+CudaEngine::~CudaEngine() = default;
+
+void CudaEngine::State::plan() {
+  const ModelConfig& c = model->config();
+  const int64_t T = options.maxTokens;
+  const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf, R = lora->options().rank, L = c.nLayer;
+  const int64_t widest = std::max(std::max(C, QD), std::max(F, KD));
+  vocabChunk = std::min<int64_t>(c.nVocab, std::max<int64_t>(256, kLogitsChunkFloats / T));
+
+  // weights: every matrix in its file type, then the f32 norms and biases
+  Layout weights;
+  layers.assign(static_cast<size_t>(L), DeviceLayer{});
+  std::vector<DeviceMatrix*> matrices;
+  int64_t largestLayerMatrix = 0;
+  auto addMatrix = [&](DeviceMatrix& matrix, const MappedTensor* host) {
+    matrix.host = host;
+    weights.add(matrix.data, static_cast<int64_t>(host->nBytes));
+    matrices.push_back(&matrix);
+  };
+  addMatrix(tokenEmbedding, &model->tokenEmbedding());
+  const bool separateOutput = &model->output() != &model->tokenEmbedding();
+  if (separateOutput) addMatrix(output, &model->output());
+  else output.host = &model->output();
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerWeights& w = model->layer(l);
+    DeviceLayer& layer = layers[static_cast<size_t>(l)];
+    weights.add(layer.attnNorm, C);
+    weights.add(layer.ffnNorm, C);
+    for (int p = 0; p < kProjectionCount; ++p) {
+      if (w.bias[p]) weights.add(layer.bias[p], w.matrix[p]->nRows);
+      addMatrix(layer.matrix[p], w.matrix[p]);
+      largestLayerMatrix = std::max(largestLayerMatrix, w.matrix[p]->nElements);
+    }
+  }
+  weights.add(outputNorm, C);
+
+  Layout loraLayout;
+  const int64_t P = static_cast<int64_t>(lora->parameterCount());
+  loraLayout.add(params, P);
+  loraLayout.add(grads, P);
+  loraLayout.add(m, P);
+  loraLayout.add(v, P);
+
+  Layout act;
+  act.add(residual, (L + 1) * T * C);
+  act.add(normed1, T * C);
+  act.add(rstd1, T);
+  act.add(q, T * QD);
+  act.add(k, T * KD);
+  act.add(vAct, T * KD);
+  act.add(attn, T * QD);
+  act.add(lse, c.nHead * T);
+  act.add(residual2, T * C);
+  act.add(normed2, T * C);
+  act.add(rstd2, T);
+  act.add(gate, T * F);
+  act.add(up, T * F);
+  act.add(hidden, T * F);
+  act.add(loraHidden, kProjectionCount * T * R);
+  act.add(normedFinal, T * C);
+  act.add(rstdFinal, T);
+  act.add(ropeCache, T * c.headDim);
+  act.add(tokens, T);
+  act.add(seqStart, T);
+  act.add(dResidual, T * C);
+  act.add(dNormed, T * C);
+  act.add(dAttn, T * QD);
+  act.add(dq, T * QD);
+  act.add(dk, T * KD);
+  act.add(dv, T * KD);
+  act.add(dHidden, T * F);
+  act.add(dLoraHidden, T * R);
+  act.add(rowDots, c.nHead * T);
+  act.add(lossInput, T * C);
+  act.add(dLossInput, T * C);
+  act.add(lossTargets, T);
+  act.add(lossPositions, T);
+  act.add(runMax, T);
+  act.add(runSum, T);
+  act.add(targetLogit, T);
+  act.add(lossLse, T);
+  act.add(lossSum, 1);
+  act.add(sumSquares, 1);
+  act.add(badRow, static_cast<int64_t>(matrices.size()));
+
+  Layout scratch;
+  scratch.add(weightBf16, std::max(largestLayerMatrix, vocabChunk * C));
+  scratch.add(inputBf16, T * widest);
+  scratch.add(droppedInput, lora->options().dropout > 0.0f ? T * widest : 1);
+  scratch.add(logitsChunk, T * vocabChunk);
+  scratch.add(dlogits, T * vocabChunk);
+  const int64_t group = c.nHead / c.nHeadKv, D = c.headDim;
+  queryTile = attentionQueryTile(T, c.nHead);
+  AttentionWorkspace& aw = attentionWorkspace;
+  scratch.add(aw.q, c.nHeadKv * T * group * D);
+  scratch.add(aw.k, T * KD);
+  scratch.add(aw.v, T * KD);
+  scratch.add(aw.dout, c.nHeadKv * T * group * D);
+  scratch.add(aw.scores, c.nHeadKv * queryTile * group * T);
+  scratch.add(aw.dscores, c.nHeadKv * queryTile * group * T);
+  scratch.add(aw.probs, c.nHeadKv * queryTile * group * T);
+  scratch.add(aw.dprobs, c.nHeadKv * queryTile * group * T);
+  scratch.add(aw.tileOut, c.nHeadKv * queryTile * group * D);
+  scratch.add(aw.dkAcc, T * KD);
+  scratch.add(aw.dvAcc, T * KD);
+
+  weightBytes = weights.bytes();
+  loraBytes = loraLayout.bytes();
+  activationBytes = act.bytes();
+  scratchBytes = scratch.bytes();
+  const size_t total = weightBytes + loraBytes + activationBytes + scratchBytes;
+
+  size_t freeBytes = 0, totalBytes = 0;
+  check(cudaMemGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");
+  cudaDeviceProp properties{};
+  check(cudaGetDeviceProperties(&properties, device), "cudaGetDeviceProperties");
+  size_t available = freeBytes;
+  std::string against = std::string("free on ") + properties.name;
+  if (options.gpuMemoryBytes > 0) {
+    const size_t card = static_cast<size_t>(options.gpuMemoryBytes);
+    available = std::min(freeBytes, card > kContextReserveBytes ? card - kContextReserveBytes : 0);
+    against = "usable on a " + gibibytes(static_cast<double>(card)) + " card (gpuMemoryBytes, less " +
+              gibibytes(static_cast<double>(kContextReserveBytes)) + " for the CUDA context)";
+  }
+  if (total > available) {
+    throw Error("the CUDA memory plan needs " + gibibytes(static_cast<double>(total)) + " (weights " +
+                gibibytes(static_cast<double>(weightBytes)) + ", LoRA " + gibibytes(static_cast<double>(loraBytes)) +
+                ", activations " + gibibytes(static_cast<double>(activationBytes)) + ", scratch " +
+                gibibytes(static_cast<double>(scratchBytes)) + ") but only " +
+                gibibytes(static_cast<double>(available)) + " are " + against + "; lower maxTokens (now " +
+                std::to_string(T) + ") or the LoRA rank (now " + std::to_string(R) +
+                "), or use a smaller quantization of the model");
+  }
+  const cudaError_t allocated = cudaMalloc(&block, total);
+  if (allocated != cudaSuccess) {
+    cudaGetLastError();
+    block = nullptr;
+    throw Error("out of GPU memory: the CUDA memory plan needs " + gibibytes(static_cast<double>(total)) + " and " +
+                gibibytes(static_cast<double>(freeBytes)) + " were free on " + properties.name +
+                "; lower maxTokens (now " + std::to_string(T) + ") or the LoRA rank (now " + std::to_string(R) + ")");
+  }
+  char* base = block;
+  weights.assign(base);
+  loraLayout.assign(base += weightBytes);
+  act.assign(base += loraBytes);
+  scratch.assign(base += activationBytes);
+  if (!separateOutput) output.data = tokenEmbedding.data;
+
+  // upload the weights, then check every matrix for NaN / infinity once
+  for (DeviceMatrix* matrix : matrices) upload(matrix->data, matrix->host->data, matrix->host->nBytes);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerWeights& w = model->layer(l);
+    DeviceLayer& layer = layers[static_cast<size_t>(l)];
+    upload(layer.attnNorm, w.attnNorm, sizeof(float) * C);
+    upload(layer.ffnNorm, w.ffnNorm, sizeof(float) * C);
+    for (int p = 0; p < kProjectionCount; ++p)
+      if (w.bias[p]) upload(layer.bias[p], w.bias[p], sizeof(float) * w.matrix[p]->nRows);
+  }
+  upload(outputNorm, model->outputNorm(), sizeof(float) * C);
+  check(cudaMemsetAsync(badRow, 0xFF, sizeof(unsigned long long) * matrices.size(), stream), "cudaMemsetAsync");
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    const MappedTensor& host = *matrices[i]->host;
+    find_nonfinite_row(badRow + i, matrices[i]->data, static_cast<uint32_t>(host.type),
+                       static_cast<int64_t>(host.rowBytes), host.rowLength, host.nRows, stream);
+  }
+  std::vector<unsigned long long> firstBad(matrices.size());
+  download(firstBad.data(), badRow, sizeof(unsigned long long) * matrices.size());
+  for (size_t i = 0; i < matrices.size(); ++i) {
+    if (firstBad[i] != ~0ull) {
+      throw Error("tensor " + matrices[i]->host->name + " holds a NaN or infinite value in row " +
+                  std::to_string(firstBad[i]) + "; the model file is damaged: re-download or re-convert it");
+    }
+  }
+
+  std::vector<float> initial(static_cast<size_t>(P));
+  lora->initialize(initial.data());
+  zero(params, loraBytes);
+  upload(params, initial.data(), sizeof(float) * initial.size());
+  synchronize();
+}
+
+std::vector<std::pair<std::string, double>> CudaEngine::memoryPlan() const {
+  const State& s = *state_;
+  return {{"weights", static_cast<double>(s.weightBytes)},
+          {"lora", static_cast<double>(s.loraBytes)},
+          {"activations", static_cast<double>(s.activationBytes)},
+          {"scratch", static_cast<double>(s.scratchBytes)},
+          {"total", static_cast<double>(s.weightBytes + s.loraBytes + s.activationBytes + s.scratchBytes)}};
+}
+
+void CudaEngine::requestAbort() { state_->abortRequested.store(true); }
+void CudaEngine::clearAbort() { state_->abortRequested.store(false); }
+const ModelConfig& CudaEngine::config() const { return state_->model->config(); }
+
+// ---- input validation (the CPU engine's rules and messages) ----
+
+void CudaEngine::State::validateRows(const std::vector<Row>& rows, bool needTargets) const {
+  const ModelConfig& c = model->config();
+  if (rows.empty()) throw Error("the batch is empty; pass at least one row");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Row& row = rows[r];
+    const std::string where = "row " + std::to_string(r);
+    const int64_t T = static_cast<int64_t>(row.tokens.size());
+    if (T == 0) throw Error(where + " has no tokens");
+    if (needTargets && row.targets.size() != row.tokens.size()) {
+      throw Error(where + ": targets has " + std::to_string(row.targets.size()) + " entries but tokens has " +
+                  std::to_string(T) + "; they must be the same length");
+    }
+    if (T > c.contextLength) {
+      throw Error(where + " has " + std::to_string(T) + " tokens, more than the model's context length " +
+                  std::to_string(c.contextLength));
+    }
+    if (T > options.maxTokens) {
+      throw Error(where + " has " + std::to_string(T) + " tokens, more than maxTokens " +
+                  std::to_string(options.maxTokens) + " the engine was created with");
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t token = row.tokens[static_cast<size_t>(t)];
+      if (token < 0 || token >= c.nVocab) {
+        throw Error(where + " position " + std::to_string(t) + ": token id " + std::to_string(token) +
+                    " is outside the vocabulary [0, " + std::to_string(c.nVocab) + ")");
+      }
+      if (needTargets) {
+        const int32_t target = row.targets[static_cast<size_t>(t)];
+        if (target < -1 || target >= c.nVocab) {
+          throw Error(where + " position " + std::to_string(t) + ": target " + std::to_string(target) +
+                      " is outside the vocabulary [0, " + std::to_string(c.nVocab) + ") and is not -1 (no loss)");
+        }
+      }
+    }
+    if (row.seqStarts.empty() || row.seqStarts[0] != 0) {
+      throw Error(where + ": seqStarts must start with 0 (the first sequence begins at the row's start)");
+    }
+    for (size_t i = 1; i < row.seqStarts.size(); ++i) {
+      if (row.seqStarts[i] <= row.seqStarts[i - 1] || row.seqStarts[i] >= T) {
+        throw Error(where + ": seqStarts[" + std::to_string(i) + "] = " + std::to_string(row.seqStarts[i]) +
+                    "; sequence starts must increase strictly and lie inside the row (0.." + std::to_string(T - 1) +
+                    ")");
+      }
+    }
+  }
+}
+
+// ---- the passes ----
+
+void CudaEngine::State::prepareRow(const Row& row) {
+  const ModelConfig& c = model->config();
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  std::vector<int32_t> positions(static_cast<size_t>(T)), starts(static_cast<size_t>(T));
+  for (size_t i = 0; i < row.seqStarts.size(); ++i) {
+    const int32_t start = row.seqStarts[i];
+    const int32_t end = i + 1 < row.seqStarts.size() ? row.seqStarts[i + 1] : static_cast<int32_t>(T);
+    for (int32_t t = start; t < end; ++t) {
+      positions[static_cast<size_t>(t)] = t - start;
+      starts[static_cast<size_t>(t)] = start;
+    }
+  }
+  // the CPU's own cache: identical angles, llama3 frequency factors included
+  std::vector<float> cache(static_cast<size_t>(T * c.headDim));
+  kernels::rope_cache(cache.data(), positions.data(), T, c.headDim, c.ropeBase, model->ropeFreqs());
+  upload(ropeCache, cache.data(), sizeof(float) * cache.size());
+  upload(seqStart, starts.data(), sizeof(int32_t) * starts.size());
+  hostSeqStart = std::move(starts);
+  upload(tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
+}
+
+void CudaEngine::State::embed(const Row& row) {
+  const MappedTensor& table = *tokenEmbedding.host;
+  dequantize_gather_f32(residual, tokenEmbedding.data, static_cast<uint32_t>(table.type),
+                        static_cast<int64_t>(table.rowBytes), table.rowLength, tokens,
+                        static_cast<int64_t>(row.tokens.size()), stream);
+}
+
+void CudaEngine::State::baseForward(const DeviceMatrix& weight, const float* bias, const float* inp, float* out,
+                                    int64_t T) {
+  const MappedTensor& w = *weight.host;
+  const int64_t K = w.rowLength, N = w.nRows;
+  to_bf16(inputBf16, inp, T * K, stream);
+  dequantize_rows_bf16(weightBf16, weight.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes), K, 0,
+                       N, stream);
+  gemm_bf16(cublas, false, true, T, N, K, 1.0f, inputBf16, K, weightBf16, K, 0.0f, out, N);  // (T, N)
+  if (bias) add_bias(out, bias, T, N, stream);
+}
+
+void CudaEngine::State::baseBackwardInput(const DeviceMatrix& weight, const float* dout, float* dinp, int64_t T,
+                                          bool accumulate) {
+  const MappedTensor& w = *weight.host;
+  const int64_t K = w.rowLength, N = w.nRows;
+  to_bf16(inputBf16, dout, T * N, stream);
+  dequantize_rows_bf16(weightBf16, weight.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes), K, 0,
+                       N, stream);
+  // dinp (T, K) (+)= dout (T, N) · W (N, K)
+  gemm_bf16(cublas, false, false, T, K, N, 1.0f, inputBf16, N, weightBf16, K, accumulate ? 1.0f : 0.0f, dinp, K);
+}
+
+DropoutMask CudaEngine::State::dropoutMask(const LoraAdapter& adapter) const {
+  const uint64_t step = static_cast<uint64_t>(optimizerStep + 1);
+  DropoutMask mask;
+  mask.stepKey = splitmix64(splitmix64(lora->options().seed ^ 0xD1B54A32D192ED03ull) ^ step);
+  mask.site = static_cast<uint64_t>(adapter.layer * kProjectionCount + static_cast<int>(adapter.projection));
+  mask.dropout = lora->options().dropout;
+  return mask;
+}
+
+const float* CudaEngine::State::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training) {
+  if (!training || lora->options().dropout <= 0.0f) return inp;
+  dropout_forward(droppedInput, inp, T * adapter.in, dropoutMask(adapter), stream);
+  return droppedInput;
+}
+
+void CudaEngine::State::loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T,
+                                    bool training) {
+  const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
+  const float* x = loraInput(adapter, inp, T, training);                                   // (T, K)
+  float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
+  gemm_f32(cublas, false, true, T, R, K, 1.0f, x, K, params + adapter.offsetA, K, 0.0f, h, R);
+  // out (T, N) += scale · h (T, R) · B (N, R)ᵀ
+  gemm_f32(cublas, false, true, T, N, R, lora->scale(), h, R, params + adapter.offsetB, R, 1.0f, out, N);
+}
+
+void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
+                                     int64_t T, bool training) {
+  const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
+  const float scale = lora->scale();
+  const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
+  const float* x = loraInput(adapter, inp, T, training);                      // (T, K)
+  // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
+  gemm_f32(cublas, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
+  // dh (T, R) = scale · dout (T, N) · B (N, R)
+  gemm_f32(cublas, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, dLoraHidden, R);
+  // dA (R, K) += dh (T, R)ᵀ · x (T, K)
+  gemm_f32(cublas, true, false, R, K, T, 1.0f, dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  if (x == inp) {
+    gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 1.0f, dinp, K);
+    return;
+  }
+  // dropout: the input gradient passes only where the mask kept the element, scaled like the input
+  gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 0.0f, droppedInput, K);
+  dropout_backward(dinp, droppedInput, T * K, dropoutMask(adapter), stream);
+}
+
+void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
+  const ModelConfig& c = model->config();
+  const DeviceLayer& w = layers[static_cast<size_t>(l)];
+  const int64_t C = c.nEmbd, F = c.nFf;
+  const float* x = residual + l * T * C;   // (T, C) layer input
+  float* next = residual + (l + 1) * T * C;  // (T, C) layer output
+  auto adapterOf = [&](Projection p) { return lora->find(l, p); };
+
+  rmsnorm_forward(normed1, rstd1, x, w.attnNorm, T, C, c.rmsEps, stream);
+  float* qkv[3] = {q, k, vAct};
+  for (int p = 0; p < 3; ++p) {
+    baseForward(w.matrix[p], w.bias[p], normed1, qkv[p], T);
+    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p))) loraForward(*adapter, normed1, qkv[p], T, training);
+  }
+  rope_forward(q, ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream);
+  rope_forward(k, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
+  attention_forward(attn, lse, q, k, vAct, seqStart, hostSeqStart.data(), attentionShape(T), attentionWorkspace,
+                    cublas, stream);
+  baseForward(w.matrix[static_cast<int>(Projection::O)], nullptr, attn, residual2, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::O)) loraForward(*adapter, attn, residual2, T, training);
+  add_inplace(residual2, x, T * C, stream);
+
+  rmsnorm_forward(normed2, rstd2, residual2, w.ffnNorm, T, C, c.rmsEps, stream);
+  baseForward(w.matrix[static_cast<int>(Projection::Gate)], nullptr, normed2, gate, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Gate)) loraForward(*adapter, normed2, gate, T, training);
+  baseForward(w.matrix[static_cast<int>(Projection::Up)], nullptr, normed2, up, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Up)) loraForward(*adapter, normed2, up, T, training);
+  swiglu_forward(hidden, gate, up, T * F, stream);
+  baseForward(w.matrix[static_cast<int>(Projection::Down)], nullptr, hidden, next, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Down)) loraForward(*adapter, hidden, next, T, training);
+  add_inplace(next, residual2, T * C, stream);
+}
+
+void CudaEngine::State::layerBackward(int64_t l, int64_t T, bool training) {
+  const ModelConfig& c = model->config();
+  const DeviceLayer& w = layers[static_cast<size_t>(l)];
+  const int64_t C = c.nEmbd, F = c.nFf;
+  auto adapterOf = [&](Projection p) { return lora->find(l, p); };
+  layerForward(l, T, training);  // recompute this layer's activations from its saved input
+  const float* x = residual + l * T * C;  // (T, C)
+
+  // FFN: dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
+  baseBackwardInput(w.matrix[static_cast<int>(Projection::Down)], dResidual, dHidden, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Down)) loraBackward(*adapter, hidden, dResidual, dHidden, T, training);
+  swiglu_backward(gate, up, dHidden, gate, up, T * F, stream);  // gate, up now hold their gradients
+  baseBackwardInput(w.matrix[static_cast<int>(Projection::Gate)], gate, dNormed, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Gate)) loraBackward(*adapter, normed2, gate, dNormed, T, training);
+  baseBackwardInput(w.matrix[static_cast<int>(Projection::Up)], up, dNormed, T, true);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Up)) loraBackward(*adapter, normed2, up, dNormed, T, training);
+  rmsnorm_backward(dResidual, dNormed, residual2, w.ffnNorm, rstd2, T, C, stream);
+
+  // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
+  baseBackwardInput(w.matrix[static_cast<int>(Projection::O)], dResidual, dAttn, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::O)) loraBackward(*adapter, attn, dResidual, dAttn, T, training);
+  attention_backward(dq, dk, dv, rowDots, dAttn, q, k, vAct, attn, lse, seqStart, hostSeqStart.data(),
+                     attentionShape(T), attentionWorkspace, cublas, stream);
+  rope_backward(dq, ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream);
+  rope_backward(dk, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
+  float* dqkv[3] = {dq, dk, dv};
+  for (int p = 0; p < 3; ++p) {
+    baseBackwardInput(w.matrix[p], dqkv[p], dNormed, T, p > 0);
+    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
+      loraBackward(*adapter, normed1, dqkv[p], dNormed, T, training);
+  }
+  rmsnorm_backward(dResidual, dNormed, x, w.attnNorm, rstd1, T, C, stream);
+}
+
+// Final norm, lm_head and cross-entropy over the row's target positions, adding the loss to
+// *lossSum on the device; with grad, leaves dL/d(final residual) in dResidual. Returns the count.
+int64_t CudaEngine::State::lossHead(const Row& row, bool withGradient) {
+  const ModelConfig& c = model->config();
+  const MappedTensor& w = *output.host;
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  const int64_t C = c.nEmbd, V = c.nVocab;
+  const float* x = residual + c.nLayer * T * C;  // (T, C) final residual
+  rmsnorm_forward(normedFinal, rstdFinal, x, outputNorm, T, C, c.rmsEps, stream);
+
+  // only positions with a target reach the lm_head
+  std::vector<int32_t> positions, targets;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t target = row.targets[static_cast<size_t>(t)];
+    if (target < 0) continue;
+    positions.push_back(static_cast<int32_t>(t));
+    targets.push_back(target);
+  }
+  const int64_t N = static_cast<int64_t>(positions.size());
+  if (withGradient) zero(dResidual, sizeof(float) * T * C);
+  if (N == 0) return 0;
+  upload(lossPositions, positions.data(), sizeof(int32_t) * positions.size());
+  upload(lossTargets, targets.data(), sizeof(int32_t) * targets.size());
+  gather_rows(lossInput, normedFinal, lossPositions, N, C, stream);
+  to_bf16(inputBf16, lossInput, N * C, stream);  // (N, C), read by every chunk below
+
+  const int passes = withGradient ? 2 : 1;
+  cross_entropy_begin(runMax, runSum, targetLogit, N, stream);
+  for (int pass = 0; pass < passes; ++pass) {
+    // the second pass recomputes each chunk's logits for their gradient and its product with the weights
+    for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+      const int64_t chunk = std::min(vocabChunk, V - v0);
+      dequantize_rows_bf16(weightBf16, output.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes),
+                           C, v0, chunk, stream);  // (chunk, C)
+      gemm_bf16(cublas, false, true, N, chunk, C, 1.0f, inputBf16, C, weightBf16, C, 0.0f, logitsChunk, chunk);
+      if (pass == 0) {
+        cross_entropy_accumulate(runMax, runSum, targetLogit, logitsChunk, lossTargets, N, chunk, v0, stream);
+      } else {
+        cross_entropy_backward(dlogits, logitsChunk, lossLse, lossTargets, N, chunk, v0, 1.0f, stream);
+        // dLossInput (N, C) (+)= dlogits (N, chunk) · W (chunk, C)
+        gemm_bf16(cublas, false, false, N, C, chunk, 1.0f, dlogits, chunk, weightBf16, C, v0 > 0 ? 1.0f : 0.0f,
+                  dLossInput, C);
+      }
+    }
+    if (pass == 0) cross_entropy_finish(lossLse, lossSum, runMax, runSum, targetLogit, N, stream);
+  }
+  if (!withGradient) return N;
+  zero(dNormed, sizeof(float) * T * C);
+  scatter_rows(dNormed, dLossInput, lossPositions, N, C, stream);
+  rmsnorm_backward(dResidual, dNormed, x, outputNorm, rstdFinal, T, C, stream);
+  return N;
+}
+
+LossResult CudaEngine::State::runRows(const std::vector<Row>& rows, bool withGradient, bool training) {
+  const int64_t L = model->config().nLayer;
+  LossResult total;
+  zero(lossSum, sizeof(double));
+  for (const Row& row : rows) {
+    checkAbort();
+    const int64_t T = static_cast<int64_t>(row.tokens.size());
+    prepareRow(row);
+    embed(row);
+    for (int64_t l = 0; l < L; ++l) {
+      checkAbort();
+      layerForward(l, T, training);
+    }
+    const int64_t N = lossHead(row, withGradient);
+    if (withGradient && N > 0) {
+      for (int64_t l = L - 1; l >= 0; --l) {
+        checkAbort();
+        layerBackward(l, T, training);
+      }
+    }
+    total.tokens += N;
+  }
+  download(&total.lossSum, lossSum, sizeof(double));
+  return total;
+}
+
+// ---- the public calls ----
+
+StepResult CudaEngine::step(const std::vector<Row>& rows, float lr) {
+  State& s = *state_;
+  return s.guarded("step", [&]() -> StepResult {
+    s.validateRows(rows, true);
+    if (!(std::isfinite(lr) && lr >= 0.0f)) {
+      throw Error("learning rate must be a finite number >= 0, got " + std::to_string(lr));
+    }
+    int64_t targetCount = 0;
+    for (const Row& row : rows)
+      for (int32_t target : row.targets) targetCount += target >= 0;
+    if (targetCount == 0) {
+      throw Error("the batch has no target tokens (every target is -1); a step needs at least one position with loss");
+    }
+    const int64_t P = static_cast<int64_t>(s.lora->parameterCount());
+    s.zero(s.grads, sizeof(float) * P);
+    const LossResult loss = s.runRows(rows, true, true);
+    if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite; lower the learning rate or check the data");
+
+    s.zero(s.sumSquares, sizeof(double));
+    sum_squares(s.sumSquares, s.grads, P, s.stream);
+    double sumSquares = 0.0;
+    s.download(&sumSquares, s.sumSquares, sizeof(double));
+    const double meanScale = 1.0 / static_cast<double>(loss.tokens);
+    const double gradNorm = std::sqrt(sumSquares) * meanScale;
+    if (!std::isfinite(gradNorm)) throw Error("gradient became NaN or infinite; lower the learning rate or check the data");
+    double gradScale = meanScale;
+    const OptimizerOptions& opt = s.options.optimizer;
+    if (opt.clipNorm > 0.0f && gradNorm > opt.clipNorm) gradScale *= opt.clipNorm / (gradNorm + 1e-6);
+
+    ++s.optimizerStep;
+    const double correction1 = 1.0 - std::pow(static_cast<double>(opt.beta1), static_cast<double>(s.optimizerStep));
+    const double correction2 = 1.0 - std::pow(static_cast<double>(opt.beta2), static_cast<double>(s.optimizerStep));
+    AdamWStep hyper;
+    hyper.lr = lr;
+    hyper.beta1 = opt.beta1;
+    hyper.beta2 = opt.beta2;
+    hyper.eps = opt.eps;
+    hyper.weightDecay = opt.weightDecay;
+    hyper.stepSize = static_cast<float>(lr / correction1);
+    hyper.sqrtCorrection2 = static_cast<float>(std::sqrt(correction2));
+    hyper.gradScale = static_cast<float>(gradScale);
+    adamw_update(s.params, s.m, s.v, s.grads, P, hyper, s.stream);
+    s.synchronize();
+    return {loss.lossSum, loss.tokens, gradNorm};
+  });
+}
+
+LossResult CudaEngine::evaluate(const std::vector<Row>& rows) {
+  State& s = *state_;
+  return s.guarded("evaluate", [&]() -> LossResult {
+    s.validateRows(rows, true);
+    const LossResult loss = s.runRows(rows, false, false);
+    if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite during evaluate");
+    return loss;
+  });
+}
+
+LossResult CudaEngine::gradients(const std::vector<Row>& rows, std::vector<NamedTensorData>& tensors) {
+  State& s = *state_;
+  return s.guarded("gradients", [&]() -> LossResult {
+    s.validateRows(rows, true);
+    s.zero(s.grads, sizeof(float) * s.lora->parameterCount());
+    const LossResult loss = s.runRows(rows, true, false);
+    if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite");
+    tensors = s.namedTensors(s.grads, "");
+    return loss;
+  });
+}
+
+std::vector<float> CudaEngine::logits(const Row& row) {
+  State& s = *state_;
+  return s.guarded("logits", [&]() -> std::vector<float> {
+    s.validateRows({row}, false);
+    const ModelConfig& c = s.model->config();
+    const MappedTensor& w = *s.output.host;
+    const int64_t T = static_cast<int64_t>(row.tokens.size());
+    const int64_t C = c.nEmbd, V = c.nVocab;
+    s.prepareRow(row);
+    s.embed(row);
+    for (int64_t l = 0; l < c.nLayer; ++l) {
+      s.checkAbort();
+      s.layerForward(l, T, false);
+    }
+    rmsnorm_forward(s.normedFinal, s.rstdFinal, s.residual + c.nLayer * T * C, s.outputNorm, T, C, c.rmsEps, s.stream);
+    to_bf16(s.inputBf16, s.normedFinal, T * C, s.stream);
+    std::vector<float> result(static_cast<size_t>(T * V));  // (T, V)
+    for (int64_t v0 = 0; v0 < V; v0 += s.vocabChunk) {
+      const int64_t chunk = std::min(s.vocabChunk, V - v0);
+      dequantize_rows_bf16(s.weightBf16, s.output.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes),
+                           C, v0, chunk, s.stream);
+      gemm_bf16(s.cublas, false, true, T, chunk, C, 1.0f, s.inputBf16, C, s.weightBf16, C, 0.0f, s.logitsChunk, chunk);
+      check(cudaMemcpy2DAsync(result.data() + v0, sizeof(float) * V, s.logitsChunk, sizeof(float) * chunk,
+                              sizeof(float) * chunk, static_cast<size_t>(T), cudaMemcpyDeviceToHost, s.stream),
+            "cudaMemcpy2DAsync (logits)");
+      s.synchronize();  // the next chunk overwrites logitsChunk
+    }
+    for (float value : result)
+      if (!std::isfinite(value)) throw Error("logits became NaN or infinite");
+    return result;
+  });
+}
+
+// ---- LoRA and optimizer state exchange (the CPU engine's names, shapes and checks) ----
+
+std::vector<NamedTensorData> CudaEngine::State::namedTensors(const float* deviceBlock, const char* suffix) {
+  std::vector<float> hostBlock(lora->parameterCount());
+  download(hostBlock.data(), deviceBlock, sizeof(float) * hostBlock.size());
+  std::vector<NamedTensorData> tensors;
+  const int64_t R = lora->options().rank;
+  for (const LoraAdapter& adapter : lora->adapters()) {
+    const float* a = hostBlock.data() + adapter.offsetA;
+    const float* b = hostBlock.data() + adapter.offsetB;
+    tensors.push_back({adapter.name + ".lora_a" + suffix, {R, adapter.in}, std::vector<float>(a, a + R * adapter.in)});
+    tensors.push_back({adapter.name + ".lora_b" + suffix, {adapter.out, R}, std::vector<float>(b, b + adapter.out * R)});
+  }
+  return tensors;
+}
+
+std::vector<float> CudaEngine::State::blockFromNamed(const std::vector<NamedTensorData>& tensors, const char* suffix,
+                                                     const char* what) const {
+  struct Slot {
+    size_t offset;
+    int64_t rows, cols;
+    bool seen;
+  };
+  std::unordered_map<std::string, Slot> slots;
+  const int64_t R = lora->options().rank;
+  for (const LoraAdapter& adapter : lora->adapters()) {
+    slots[adapter.name + ".lora_a" + suffix] = {adapter.offsetA, R, adapter.in, false};
+    slots[adapter.name + ".lora_b" + suffix] = {adapter.offsetB, adapter.out, R, false};
+  }
+  std::vector<float> block(lora->parameterCount());
+  for (const NamedTensorData& tensor : tensors) {
+    auto found = slots.find(tensor.name);
+    if (found == slots.end()) {
+      throw Error(std::string(what) + ": tensor \"" + tensor.name +
+                  "\" is not part of this engine's LoRA (check the targets and layer count it was trained with)");
+    }
+    Slot& slot = found->second;
+    if (slot.seen) throw Error(std::string(what) + ": tensor \"" + tensor.name + "\" is given twice");
+    if (tensor.shape.size() != 2 || tensor.shape[0] != slot.rows || tensor.shape[1] != slot.cols ||
+        static_cast<int64_t>(tensor.data.size()) != slot.rows * slot.cols) {
+      throw Error(std::string(what) + ": tensor \"" + tensor.name + "\" must have shape [" + std::to_string(slot.rows) +
+                  ", " + std::to_string(slot.cols) + "] with " + std::to_string(slot.rows * slot.cols) +
+                  " values (a different rank?), got " + std::to_string(tensor.data.size()) + " values");
+    }
+    for (size_t i = 0; i < tensor.data.size(); ++i) {
+      if (!std::isfinite(tensor.data[i])) {
+        throw Error(std::string(what) + ": tensor \"" + tensor.name + "\" holds a NaN or infinite value at element " +
+                    std::to_string(i));
+      }
+    }
+    slot.seen = true;
+    std::copy(tensor.data.begin(), tensor.data.end(), block.begin() + static_cast<ptrdiff_t>(slot.offset));
+  }
+  for (const auto& [name, slot] : slots) {
+    if (!slot.seen) throw Error(std::string(what) + ": tensor \"" + name + "\" is missing; every LoRA tensor must be given");
+  }
+  return block;
+}
+
+std::vector<NamedTensorData> CudaEngine::getLora() {
+  State& s = *state_;
+  return s.guarded("getLora", [&] { return s.namedTensors(s.params, ""); });
+}
+
+void CudaEngine::setLora(const std::vector<NamedTensorData>& tensors) {
+  State& s = *state_;
+  s.guarded("setLora", [&] {
+    const std::vector<float> block = s.blockFromNamed(tensors, "", "setLora");
+    s.upload(s.params, block.data(), sizeof(float) * block.size());
+    s.synchronize();
+  });
+}
+
+std::pair<int64_t, std::vector<NamedTensorData>> CudaEngine::getOptimizerState() {
+  State& s = *state_;
+  return s.guarded("getOptimizerState", [&] {
+    std::vector<NamedTensorData> tensors = s.namedTensors(s.m, ".m");
+    for (NamedTensorData& tensor : s.namedTensors(s.v, ".v")) tensors.push_back(std::move(tensor));
+    return std::make_pair(s.optimizerStep, std::move(tensors));
+  });
+}
+
+void CudaEngine::setOptimizerState(int64_t step, const std::vector<NamedTensorData>& tensors) {
+  State& s = *state_;
+  s.guarded("setOptimizerState", [&] {
+    if (step < 0) throw Error("setOptimizerState: step must be >= 0, got " + std::to_string(step));
+    std::vector<NamedTensorData> first, second;
+    for (const NamedTensorData& tensor : tensors) {
+      const bool isM = tensor.name.size() > 2 && tensor.name.compare(tensor.name.size() - 2, 2, ".m") == 0;
+      (isM ? first : second).push_back(tensor);
+    }
+    // validate both halves before writing either
+    const std::vector<float> m = s.blockFromNamed(first, ".m", "setOptimizerState");
+    const std::vector<float> v = s.blockFromNamed(second, ".v", "setOptimizerState");
+    for (float value : v) {
+      if (value < 0.0f) throw Error("setOptimizerState: a second-moment (.v) value is negative; the state is corrupt");
+    }
+    s.upload(s.m, m.data(), sizeof(float) * m.size());
+    s.upload(s.v, v.data(), sizeof(float) * v.size());
+    s.synchronize();
+    s.optimizerStep = step;
+  });
+}
+
+}  // namespace thinktune

@@ -1,0 +1,233 @@
+// The CUDA engine against the CPU engine (the reference), on synth models of every supported type.
+// Tolerances: the GPU multiplies bf16-rounded weights and activations (relative rounding 2^-9 per
+// operand, fp32 accumulation), attention probabilities included, so logits, losses and LoRA gradients
+// agree to about 1e-2 relative; the CPU engine is fp32 throughout. Skips with the reason where there is no CUDA engine or no GPU.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readGgufModel } from "../../src/gguf/read.js";
+import { modelConfigFromGguf } from "../../src/gguf/model-config.js";
+import { loadNativeAddon, type NativeEngineOptions } from "../../src/native/addon.js";
+import type { Engine } from "../../src/train/engine.js";
+import { synthModel } from "../helpers/models.js";
+import { packedRow, randomTokens, randomizeLora } from "../native/engine-fixtures.js";
+import { cudaSkipReason, enginePair, relativeError } from "./cuda-support.js";
+
+// K-quants need rows that are multiples of 256
+const model = { nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nVocab: 512, contextLength: 256 } as const;
+const types = ["F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_K", "Q5_K", "Q6_K"] as const;
+const lossTolerance = 1e-2;      // relative, summed loss
+const gradientTolerance = 5e-2;  // relative L2 error of each LoRA gradient tensor
+const logitTolerance = 2e-2;     // largest difference relative to the largest logit
+
+// two packed sequences with a prompt part without loss: masking, boundaries and position restarts
+const row = packedRow([randomTokens(40, model.nVocab, 1), randomTokens(23, model.nVocab, 2)], 5);
+
+describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaSkipReason ?? ""}`, () => {
+  describe.each(types.map((type, i) => ({ type, arch: (i % 3 === 2 ? "llama" : "qwen2") as "llama" | "qwen2" })))("$type $arch", ({ type, arch }) => {
+    let cpu: Engine;
+    let gpu: Engine;
+
+    beforeAll(async () => {
+      const file = await synthModel({ ...model, arch, type, ropeFreqs: arch === "llama", seed: 300 + types.indexOf(type) });
+      ({ cpu, gpu } = await enginePair(file, { maxTokens: 64, lora: { rank: 8, alpha: 16 } }));
+      const lora = randomizeLora(cpu, 7, 0.05);
+      gpu.setLora(lora);
+    });
+    afterAll(() => {
+      cpu?.dispose();
+      gpu?.dispose();
+    });
+
+    it("starts from the same LoRA", () => {
+      const a = cpu.getLora();
+      const b = gpu.getLora();
+      expect(b.map((t) => t.name)).toEqual(a.map((t) => t.name));
+      for (let i = 0; i < a.length; i++) expect(Array.from(b[i]!.data)).toEqual(Array.from(a[i]!.data));
+    });
+
+    it("logits", async () => {
+      const tokens = { tokens: row.tokens, seqStarts: row.seqStarts };
+      const [expected, actual] = await Promise.all([cpu.logits(tokens), gpu.logits(tokens)]);
+      let largest = 0;
+      let difference = 0;
+      for (let i = 0; i < expected.length; i++) {
+        largest = Math.max(largest, Math.abs(expected[i]!));
+        difference = Math.max(difference, Math.abs(actual[i]! - expected[i]!));
+      }
+      expect(difference / largest).toBeLessThanOrEqual(logitTolerance);
+    });
+
+    it("loss and every LoRA gradient", async () => {
+      const [expected, actual] = await Promise.all([cpu.gradients([row]), gpu.gradients([row])]);
+      expect(actual.tokens).toBe(expected.tokens);
+      expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
+      expect(actual.tensors.map((t) => t.name)).toEqual(expected.tensors.map((t) => t.name));
+      for (let i = 0; i < expected.tensors.length; i++) {
+        const name = expected.tensors[i]!.name;
+        expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), name).toBeLessThanOrEqual(gradientTolerance);
+      }
+    });
+  });
+
+  it("a long packed row spans several attention query tiles (1024 positions each)", async () => {
+    const file = await synthModel({ ...model, contextLength: 2048, arch: "llama", type: "Q8_0", seed: 405 });
+    const pair = await enginePair(file, { maxTokens: 1536, lora: { rank: 4, alpha: 8 } });
+    try {
+      pair.gpu.setLora(randomizeLora(pair.cpu, 17, 0.05));
+      // the second tile starts inside the second sequence: its keys begin at that sequence's start
+      const long = packedRow([randomTokens(700, model.nVocab, 21), randomTokens(500, model.nVocab, 22), randomTokens(300, model.nVocab, 23)], 3);
+      const [expected, actual] = await Promise.all([pair.cpu.gradients([long]), pair.gpu.gradients([long])]);
+      expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
+      for (let i = 0; i < expected.tensors.length; i++) {
+        expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), expected.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
+      }
+    } finally {
+      pair.cpu.dispose();
+      pair.gpu.dispose();
+    }
+  });
+
+  describe("training", () => {
+    let cpu: Engine;
+    let gpu: Engine;
+    const rows = [
+      packedRow([randomTokens(30, model.nVocab, 11), randomTokens(20, model.nVocab, 12)], 4),
+      packedRow([randomTokens(60, model.nVocab, 13)], 10),
+    ];
+
+    afterAll(() => {
+      cpu?.dispose();
+      gpu?.dispose();
+    });
+
+    it("50-step loss curves agree (Q4_K, AdamW with clipping and weight decay)", async () => {
+      const file = await synthModel({ ...model, arch: "qwen2", type: "Q4_K", seed: 401 });
+      ({ cpu, gpu } = await enginePair(file, {
+        maxTokens: 64,
+        lora: { rank: 8, alpha: 16, seed: 3 },
+        optimizer: { weightDecay: 0.01, clipNorm: 1 },
+      }));
+      const cpuLosses: number[] = [];
+      const gpuLosses: number[] = [];
+      for (let step = 0; step < 50; step++) {
+        // 3e-4 takes the CPU engine from 8.27 to 0.52 in 50 steps: a long descent, not a collapse to ~0
+        const [a, b] = await Promise.all([cpu.step(rows, 3e-4), gpu.step(rows, 3e-4)]);
+        cpuLosses.push(a.loss);
+        gpuLosses.push(b.loss);
+        expect(b.tokens).toBe(a.tokens);
+        expect(Math.abs(b.gradNorm - a.gradNorm), `gradNorm at step ${step}`).toBeLessThanOrEqual(5e-2 * a.gradNorm + 1e-2);
+      }
+      for (let step = 0; step < 50; step++) {
+        // bf16 rounding differences compound over the steps: 2% of the loss plus 0.02 nats
+        expect(Math.abs(gpuLosses[step]! - cpuLosses[step]!), `loss at step ${step}`).toBeLessThanOrEqual(2e-2 * cpuLosses[step]! + 2e-2);
+      }
+      expect(gpuLosses[49]!).toBeLessThan(gpuLosses[0]! * 0.5);
+      const state = gpu.getOptimizerState();
+      expect(state.step).toBe(50);
+      expect(relativeError(state.tensors[0]!.data, cpu.getOptimizerState().tensors[0]!.data)).toBeLessThanOrEqual(0.1);
+    });
+
+    it("resumes from the CPU engine's LoRA and optimizer state", async () => {
+      const file = await synthModel({ ...model, arch: "llama", type: "Q6_K", seed: 406 });
+      const pair = await enginePair(file, { maxTokens: 64, lora: { rank: 4, alpha: 8, seed: 8 } });
+      try {
+        for (let step = 0; step < 3; step++) await pair.cpu.step(rows, 1e-3);
+        pair.gpu.setLora(pair.cpu.getLora());
+        pair.gpu.setOptimizerState(pair.cpu.getOptimizerState());
+        expect(pair.gpu.getOptimizerState().step).toBe(3);
+        const [a, b] = await Promise.all([pair.cpu.step(rows, 1e-3), pair.gpu.step(rows, 1e-3)]);
+        expect(Math.abs(b.loss - a.loss) / a.loss).toBeLessThanOrEqual(lossTolerance);
+        const expected = pair.cpu.getLora();
+        const actual = pair.gpu.getLora();
+        for (let i = 0; i < expected.length; i++) {
+          expect(relativeError(actual[i]!.data, expected[i]!.data), expected[i]!.name).toBeLessThanOrEqual(2e-2);
+        }
+      } finally {
+        pair.cpu.dispose();
+        pair.gpu.dispose();
+      }
+    });
+
+    it("LoRA dropout uses the CPU engine's mask", async () => {
+      const file = await synthModel({ ...model, arch: "qwen2", type: "F16", seed: 402 });
+      // eps = 1 makes AdamW's first update −lr·g/(|g| + 1) ≈ −lr·g: the update is the (dropout) gradient
+      const pair = await enginePair(file, {
+        maxTokens: 64,
+        lora: { rank: 4, alpha: 8, dropout: 0.3, seed: 5 },
+        optimizer: { eps: 1, weightDecay: 0, clipNorm: 0 },
+      });
+      try {
+        const before = randomizeLora(pair.cpu, 9, 0.2);
+        pair.gpu.setLora(before);
+        await Promise.all([pair.cpu.step([rows[0]!], 1e-2), pair.gpu.step([rows[0]!], 1e-2)]);
+        const after = { cpu: pair.cpu.getLora(), gpu: pair.gpu.getLora() };
+        for (let i = 0; i < before.length; i++) {
+          const start = before[i]!.data;
+          const expected = after.cpu[i]!.data.map((x, j) => x - start[j]!);
+          const actual = after.gpu[i]!.data.map((x, j) => x - start[j]!);
+          expect(expected.some((x) => x !== 0), before[i]!.name).toBe(true);
+          // another mask would change which inputs reach A's gradient: errors of order 1, not 1e-2
+          expect(relativeError(actual, expected), before[i]!.name).toBeLessThanOrEqual(5e-2);
+        }
+      } finally {
+        pair.cpu.dispose();
+        pair.gpu.dispose();
+      }
+    });
+  });
+
+  describe("memory plan", () => {
+    async function nativeOptions(gpuMemoryBytes: number, maxTokens: number): Promise<NativeEngineOptions> {
+      const file = await readGgufModel(await synthModel({ ...model, arch: "qwen2", type: "Q8_0", seed: 403 }));
+      return {
+        path: file.path,
+        alignment: file.alignment,
+        config: modelConfigFromGguf(file),
+        tensors: file.tensors.map(({ name, type, dims, offset }) => ({ name, type, dims, offset })),
+        device: "cuda",
+        threads: 1,
+        lora: { rank: 16, alpha: 32, targets: ["q", "k", "v", "o", "gate", "up", "down"], dropout: 0, seed: 0 },
+        optimizer: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, clipNorm: 1 },
+        maxTokens,
+        gpuMemoryBytes,
+      };
+    }
+
+    it("is known before the first step and adds up", async () => {
+      const engine = await loadNativeAddon().Engine.create(await nativeOptions(2 * 2 ** 30, 256));
+      try {
+        const plan = engine.memoryPlan();
+        expect(plan.total).toBeGreaterThan(0);
+        expect(plan.weights! + plan.lora! + plan.activations! + plan.scratch!).toBe(plan.total);
+      } finally {
+        engine.dispose();
+      }
+    });
+
+    it("a plan larger than gpuMemoryBytes is refused with the estimate and what to lower", async () => {
+      const promise = loadNativeAddon().Engine.create(await nativeOptions(768 * 2 ** 20 + 2 ** 20, 256));
+      await expect(promise).rejects.toThrow(/the CUDA memory plan needs [\d.]+ GiB .* lower maxTokens \(now 256\) or the LoRA rank \(now 16\)/);
+    });
+  });
+
+  describe("bad input is an error, not a crash", () => {
+    let gpu: Engine;
+    beforeAll(async () => {
+      const file = await synthModel({ ...model, arch: "qwen2", type: "Q4_K", seed: 404 });
+      ({ gpu } = await enginePair(file, { maxTokens: 32 }));
+    });
+    afterAll(() => gpu?.dispose());
+
+    it("token outside the vocabulary, too long a row, an empty batch, no targets", async () => {
+      const bad = packedRow([randomTokens(8, model.nVocab, 5)]);
+      bad.tokens[3] = model.nVocab;
+      await expect(gpu.step([bad], 1e-3)).rejects.toThrow(`row 0 position 3: token id ${model.nVocab} is outside the vocabulary`);
+      await expect(gpu.step([packedRow([randomTokens(40, model.nVocab, 6)])], 1e-3)).rejects.toThrow("more than maxTokens 32");
+      await expect(gpu.step([], 1e-3)).rejects.toThrow("the batch is empty");
+      const noTargets = packedRow([randomTokens(8, model.nVocab, 7)]);
+      noTargets.targets.fill(-1);
+      await expect(gpu.step([noTargets], 1e-3)).rejects.toThrow("the batch has no target tokens");
+      const result = await gpu.step([packedRow([randomTokens(8, model.nVocab, 8)])], 1e-3);
+      expect(result.tokens).toBe(7);
+    });
+  });
+});
