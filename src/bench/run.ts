@@ -264,6 +264,8 @@ export async function runCpuBench(options: CpuBenchOptions): Promise<BenchRecord
 export interface CudaBenchOptions extends CommonBenchOptions {
   /** dense bf16 peak of the GPU in TFLOP/s, for MFU (default: known for H100/H200/A100) */
   peakTflops?: number;
+  /** plan as if the GPU had this many bytes (--gpu-memory 24GiB) */
+  gpuMemoryBytes?: number;
 }
 
 /** Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs we know, for model-FLOPs utilization. */
@@ -303,17 +305,17 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<BenchReco
   const commit = options.commit ?? (await gitCommit());
   const machine = options.machine ?? describeMachine(gpu);
   const peakTflops = options.peakTflops ?? bf16PeakTflops.find(([pattern]) => gpu !== null && pattern.test(gpu))?.[1];
-  const maxSeq = Math.max(...options.seqs);
   const measured: Omit<BenchRecord, "peftTokensPerSecond" | "peftPeakGiB">[] = [];
   let shapeOptions: SynthOptions | undefined;
   for (const type of options.types) {
     const { path: file, options: synth } = await benchModel({ preset: "r1-distill-qwen-7b", type }, options.progress);
     shapeOptions = synth;
     options.progress(`thinktune CUDA engine, ${type}${gpu ? ` on ${gpu}` : ""}`);
-    const engine = await Engine.load(file, { device: "cuda", maxTokens: maxSeq, lora: benchLora });
-    try {
-      const peakBytes = plannedBytes(engine);
-      for (const seq of options.seqs) {
+    for (const seq of options.seqs) {
+      // one engine per length, so each record's peak is the plan for that length alone
+      const engine = await Engine.load(file, { device: "cuda", maxTokens: seq, lora: benchLora, ...(options.gpuMemoryBytes ? { gpuMemoryBytes: options.gpuMemoryBytes } : {}) });
+      try {
+        const peakBytes = plannedBytes(engine);
         const tokens = benchTokens(seq, synth.nVocab);
         const forward = await timeMean(3, 1, () => engine.evaluate([forwardRow(tokens)]));
         const row = trainingRow(tokens);
@@ -338,9 +340,9 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<BenchReco
           peakGiB: round(peakBytes / 2 ** 30, 2),
           mfu: mfu === null ? null : round(mfu, 4),
         });
+      } finally {
+        engine.dispose();
       }
-    } finally {
-      engine.dispose();
     }
   }
   // peft_lora.py's default shape is the 7B preset's; bf16 base on the GPU

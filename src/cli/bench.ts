@@ -7,6 +7,7 @@ import { appendBenchRecords, readBenchRecords, renderResultsMarkdown, writeResul
 import { projectRoot, runCpuBench, runCudaBench } from "../bench/run.js";
 import { ggmlTypeNames } from "../gguf/ggml-types.js";
 import type { GgmlTypeName } from "../native/addon.js";
+import { parseByteSize } from "../train/byte-size.js";
 
 interface BenchFlags {
   device: "cpu" | "cuda";
@@ -23,6 +24,7 @@ interface BenchFlags {
   machine?: string;
   commit?: string;
   peakTflops?: number;
+  gpuMemory?: number;
   results: string;
   record: boolean;
 }
@@ -46,6 +48,12 @@ function positiveNumberArgument(value: string): number {
   const number = Number(value);
   if (value.trim() === "" || !Number.isFinite(number) || number <= 0) throw new InvalidArgumentError(`expected a positive number, got "${value}"`);
   return number;
+}
+
+function byteSizeArgument(value: string): number {
+  const bytes = parseByteSize(value);
+  if (bytes === undefined) throw new InvalidArgumentError(`expected a size like 24GiB or 512MiB, got "${value}"`);
+  return bytes;
 }
 
 function dateArgument(value: string): string {
@@ -79,6 +87,7 @@ export function registerBenchCommand(program: Command): void {
     .option("--machine <words>", "machine of the record (default: cores and CPU model)")
     .option("--commit <id>", "commit of the record (default: git rev-parse --short HEAD, -dirty with local changes)")
     .option("--peak-tflops <x>", "dense bf16 peak of the GPU, for MFU (default known for H100, H200, A100)", positiveNumberArgument)
+    .option("--gpu-memory <size>", "cuda: plan as if the GPU had this much memory (e.g. 24GiB); a plan that does not fit is refused", byteSizeArgument)
     .option("--results <dir>", "folder of results.jsonl and RESULTS.md", path.join(projectRoot, "bench"))
     .option("--no-record", "print the measurements without writing the results files")
     .action(async (flags: BenchFlags) => {
@@ -100,7 +109,7 @@ export function registerBenchCommand(program: Command): void {
       const records: BenchRecord[] =
         flags.device === "cpu"
           ? await runCpuBench({ ...common, threads: flags.threads, llamaCpp: flags.llamaCpp, forwardRepeats: flags.forwardRepeats })
-          : await runCudaBench({ ...common, peakTflops: flags.peakTflops });
+          : await runCudaBench({ ...common, peakTflops: flags.peakTflops, gpuMemoryBytes: flags.gpuMemory });
       if (flags.record) {
         const jsonl = path.join(flags.results, "results.jsonl");
         await appendBenchRecords(jsonl, records);

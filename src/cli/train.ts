@@ -38,6 +38,7 @@ const flagSpecs: FlagSpec[] = [
   { flag: "--strict", key: "strict", kind: "boolean", description: "data warnings stop the run" },
   { flag: "--out <dir>", key: "out", kind: "string", description: "run folder (default: runs/<timestamp>)" },
   { flag: "--device <device>", key: "device", kind: "string", description: "auto|cpu|cuda" },
+  { flag: "--gpu-memory <size>", key: "gpuMemory", kind: "string", description: "CUDA: plan as if the GPU had this much memory, e.g. 24GiB" },
   { flag: "--threads <n>", key: "threads", kind: "number", description: "CPU threads, 0 = all cores" },
   { flag: "--rank <n>", key: "lora.rank", kind: "number", description: "LoRA rank (16)" },
   { flag: "--alpha <n>", key: "lora.alpha", kind: "number", description: "LoRA alpha (32)" },

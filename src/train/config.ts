@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { loadNativeAddon } from "../native/addon.js";
 import { builtinTemplateNames, dataFormats } from "../data/options.js";
+import { parseByteSize } from "./byte-size.js";
 import { loraTargets } from "./engine.js";
 
 export class TrainingConfigError extends Error {
@@ -50,6 +51,11 @@ export const trainingConfigSchema = z.strictObject({
   /** run folder; runs/<timestamp> when absent */
   out: z.string().min(1).optional(),
   device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
+  /** CUDA only: plan memory as if the GPU had this much ("24GiB"), to check a run fits a smaller card */
+  gpuMemory: z
+    .string()
+    .refine((text) => parseByteSize(text) !== undefined, 'Expected a size like "24GiB" or "512MiB" for gpuMemory')
+    .optional(),
   /** CPU threads, 0 = all cores */
   threads: z.int().min(0).default(0),
   lora: z

@@ -28,6 +28,8 @@ export const engineOptionsSchema = z
      * 1e-5); "bf16" rounds both operands to bfloat16 and runs about twice as fast on CPUs with AVX512-BF16.
      */
     precision: z.enum(["fp32", "bf16"]).default("fp32"),
+    /** CUDA only: plan as if the GPU had this many bytes (e.g. a 24 GB card on a bigger one) */
+    gpuMemoryBytes: positiveInteger.optional(),
     /** longest row (tokens) a batch may hold; defaults to min(2048, the model's context length) */
     maxTokens: positiveInteger.optional(),
     lora: z
@@ -144,6 +146,7 @@ export class Engine {
       lora: resolved.lora,
       optimizer: resolved.optimizer,
       maxTokens,
+      ...(resolved.gpuMemoryBytes === undefined ? {} : { gpuMemoryBytes: resolved.gpuMemoryBytes }),
     };
     const native = await loadNativeAddon().Engine.create(nativeOptions);
     return new Engine(native, file.path, config, resolved);

@@ -29,6 +29,7 @@ import {
   type TrainingConfig,
   type TrainingConfigInput,
 } from "./config.js";
+import { parseByteSize } from "./byte-size.js";
 import { Engine } from "./engine.js";
 import { appendMetrics, truncateMetrics, type EvalRecord, type MetricsRecord, type StepRecord } from "./metrics.js";
 import { writeReport } from "./report.js";
@@ -257,6 +258,7 @@ export class Trainer {
       lora: { ...config.lora, seed: config.seed },
       optimizer: config.optimizer,
       maxTokens: config.maxLength,
+      ...(config.gpuMemory === undefined ? {} : { gpuMemoryBytes: parseByteSize(config.gpuMemory) }),
     });
     if (checkpoint) {
       try {

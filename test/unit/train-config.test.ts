@@ -13,6 +13,7 @@ import {
   TrainingConfigError,
   trajectoryDifferences,
 } from "../../src/train/config.js";
+import { parseByteSize } from "../../src/train/byte-size.js";
 
 describe("training config", () => {
   it("fills the documented defaults", () => {
@@ -82,5 +83,23 @@ describe("training config", () => {
     expect(configHash(cadence)).toBe(configHash(base));
     expect(configHash(other)).not.toBe(configHash(base));
     expect(trajectoryDifferences(base, other)).toEqual(["learningRate"]);
+  });
+});
+
+describe("gpu memory budget", () => {
+  it("parses sizes in binary and decimal units", () => {
+    expect(parseByteSize("24GiB")).toBe(24 * 2 ** 30);
+    expect(parseByteSize("512 MiB")).toBe(512 * 2 ** 20);
+    expect(parseByteSize("10GB")).toBe(10e9);
+    expect(parseByteSize("1.5gib")).toBe(1.5 * 2 ** 30);
+    expect(parseByteSize("4096")).toBe(4096);
+    for (const bad of ["", "24 GiBs", "-1GiB", "0", "GiB", "24XB"]) expect(parseByteSize(bad)).toBeUndefined();
+  });
+
+  it("accepts --gpu-memory as a size and refuses anything else, outside the trajectory hash", () => {
+    const config = resolveConfig([{ value: { gpuMemory: "24GiB" }, source: "command line" }]);
+    expect(config.gpuMemory).toBe("24GiB");
+    expect(configHash(config)).toBe(configHash(resolveConfig([])));
+    expect(() => resolveConfig([{ value: { gpuMemory: "lots" }, source: "command line" }])).toThrow(/gpuMemory/);
   });
 });
