@@ -1,0 +1,28 @@
+#!/usr/bin/env node
+// Records node-llama-cpp's per-platform prebuilt packages in package-lock.json when the registry this
+// lock was made with did not serve them (npm then leaves them out, and `npm ci` refuses the lock).
+// Each entry carries its os/cpu, so npm skips it on other platforms and fetches it where it applies.
+import { readFileSync, writeFileSync } from "node:fs";
+
+const lockPath = new URL("../package-lock.json", import.meta.url);
+const lock = JSON.parse(readFileSync(lockPath, "utf8"));
+const parent = lock.packages["node_modules/node-llama-cpp"];
+const platforms = { linux: "linux", mac: "darwin", win: "win32" };
+let added = 0;
+for (const [name, version] of Object.entries(parent.optionalDependencies ?? {})) {
+  const key = `node_modules/${name}`;
+  if (lock.packages[key]) continue;
+  const [platform, cpu] = name.replace("@node-llama-cpp/", "").split("-");
+  if (!platforms[platform] || !cpu) throw new Error(`cannot tell the platform of ${name}`);
+  lock.packages[key] = {
+    version,
+    resolved: `https://registry.npmjs.org/${name}/-/${name.split("/")[1]}-${version}.tgz`,
+    cpu: [cpu],
+    optional: true,
+    os: [platforms[platform]],
+  };
+  added++;
+}
+lock.packages = Object.fromEntries(Object.entries(lock.packages).sort(([a], [b]) => (a === "" ? -1 : b === "" ? 1 : a < b ? -1 : 1)));
+writeFileSync(lockPath, `${JSON.stringify(lock, null, 2)}\n`);
+console.log(`lock-platform-prebuilts: added ${added} entr${added === 1 ? "y" : "ies"}`);
