@@ -31,8 +31,6 @@ constexpr int64_t kLogitsChunkFloats = int64_t{32} << 20;  // 128 MiB of (tokens
 // size (--gpu-memory), where none of that is already subtracted from the free memory.
 constexpr size_t kContextReserveBytes = size_t{768} << 20;
 
-size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
-
 std::string gibibytes(double bytes) {
   char text[32];
   std::snprintf(text, sizeof text, "%.2f GiB", bytes / double(1u << 30));
@@ -51,28 +49,6 @@ bool isDeviceFailure(const Error& error) {
   const std::string message = error.what();
   return message.rfind("CUDA error", 0) == 0 || message.rfind("cuBLAS", 0) == 0;
 }
-
-// Two passes over the same list: sum the sizes, then hand out addresses inside one allocation.
-class Layout {
- public:
-  template <class T>
-  void add(T*& pointer, int64_t count) {
-    slots_.push_back({reinterpret_cast<void**>(&pointer), bytes_});
-    bytes_ += roundUp(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T), kAlignment);
-  }
-  size_t bytes() const { return bytes_; }
-  void assign(char* base) const {
-    for (const Slot& slot : slots_) *slot.pointer = base + slot.offset;
-  }
-
- private:
-  struct Slot {
-    void** pointer;
-    size_t offset;
-  };
-  std::vector<Slot> slots_;
-  size_t bytes_ = 0;
-};
 
 // A base matrix in GPU memory, still in its GGUF type.
 struct DeviceMatrix {
@@ -289,7 +265,7 @@ void CudaEngine::State::plan() {
   vocabChunk = std::min<int64_t>(c.nVocab, std::max<int64_t>(256, kLogitsChunkFloats / T));
 
   // weights: every matrix in its file type, then the f32 norms and biases
-  Layout weights;
+  BufferLayout weights(kAlignment);
   layers.assign(static_cast<size_t>(L), DeviceLayer{});
   std::vector<DeviceMatrix*> matrices;
   int64_t largestLayerMatrix = 0;
@@ -315,14 +291,14 @@ void CudaEngine::State::plan() {
   }
   weights.add(outputNorm, C);
 
-  Layout loraLayout;
+  BufferLayout loraLayout(kAlignment);
   const int64_t P = static_cast<int64_t>(lora->parameterCount());
   loraLayout.add(params, P);
   loraLayout.add(grads, P);
   loraLayout.add(m, P);
   loraLayout.add(v, P);
 
-  Layout act;
+  BufferLayout act(kAlignment);
   act.add(residual, (L + 1) * T * C);
   act.add(normed1, T * C);
   act.add(rstd1, T);
@@ -364,7 +340,7 @@ void CudaEngine::State::plan() {
   act.add(sumSquares, 1);
   act.add(badRow, static_cast<int64_t>(matrices.size()));
 
-  Layout scratch;
+  BufferLayout scratch(kAlignment);
   scratch.add(weightBf16, std::max(largestLayerMatrix, vocabChunk * C));
   scratch.add(inputBf16, T * widest);
   scratch.add(droppedInput, lora->options().dropout > 0.0f ? T * widest : 1);
@@ -473,53 +449,10 @@ void CudaEngine::requestAbort() { state_->abortRequested.store(true); }
 void CudaEngine::clearAbort() { state_->abortRequested.store(false); }
 const ModelConfig& CudaEngine::config() const { return state_->model->config(); }
 
-// ---- input validation (the CPU engine's rules and messages) ----
+// ---- input validation (shared with the CPU engine: engine.h) ----
 
 void CudaEngine::State::validateRows(const std::vector<Row>& rows, bool needTargets) const {
-  const ModelConfig& c = model->config();
-  if (rows.empty()) throw Error("the batch is empty; pass at least one row");
-  for (size_t r = 0; r < rows.size(); ++r) {
-    const Row& row = rows[r];
-    const std::string where = "row " + std::to_string(r);
-    const int64_t T = static_cast<int64_t>(row.tokens.size());
-    if (T == 0) throw Error(where + " has no tokens");
-    if (needTargets && row.targets.size() != row.tokens.size()) {
-      throw Error(where + ": targets has " + std::to_string(row.targets.size()) + " entries but tokens has " +
-                  std::to_string(T) + "; they must be the same length");
-    }
-    if (T > c.contextLength) {
-      throw Error(where + " has " + std::to_string(T) + " tokens, more than the model's context length " +
-                  std::to_string(c.contextLength));
-    }
-    if (T > options.maxTokens) {
-      throw Error(where + " has " + std::to_string(T) + " tokens, more than maxTokens " +
-                  std::to_string(options.maxTokens) + " the engine was created with");
-    }
-    for (int64_t t = 0; t < T; ++t) {
-      const int32_t token = row.tokens[static_cast<size_t>(t)];
-      if (token < 0 || token >= c.nVocab) {
-        throw Error(where + " position " + std::to_string(t) + ": token id " + std::to_string(token) +
-                    " is outside the vocabulary [0, " + std::to_string(c.nVocab) + ")");
-      }
-      if (needTargets) {
-        const int32_t target = row.targets[static_cast<size_t>(t)];
-        if (target < -1 || target >= c.nVocab) {
-          throw Error(where + " position " + std::to_string(t) + ": target " + std::to_string(target) +
-                      " is outside the vocabulary [0, " + std::to_string(c.nVocab) + ") and is not -1 (no loss)");
-        }
-      }
-    }
-    if (row.seqStarts.empty() || row.seqStarts[0] != 0) {
-      throw Error(where + ": seqStarts must start with 0 (the first sequence begins at the row's start)");
-    }
-    for (size_t i = 1; i < row.seqStarts.size(); ++i) {
-      if (row.seqStarts[i] <= row.seqStarts[i - 1] || row.seqStarts[i] >= T) {
-        throw Error(where + ": seqStarts[" + std::to_string(i) + "] = " + std::to_string(row.seqStarts[i]) +
-                    "; sequence starts must increase strictly and lie inside the row (0.." + std::to_string(T - 1) +
-                    ")");
-      }
-    }
-  }
+  thinktune::validateRows(model->config(), options.maxTokens, rows, needTargets);
 }
 
 // ---- the passes ----
@@ -771,16 +704,7 @@ LossResult CudaEngine::State::runRows(const std::vector<Row>& rows, bool withGra
 StepResult CudaEngine::step(const std::vector<Row>& rows, float lr) {
   State& s = *state_;
   return s.guarded("step", [&]() -> StepResult {
-    s.validateRows(rows, true);
-    if (!(std::isfinite(lr) && lr >= 0.0f)) {
-      throw Error("learning rate must be a finite number >= 0, got " + std::to_string(lr));
-    }
-    int64_t targetCount = 0;
-    for (const Row& row : rows)
-      for (int32_t target : row.targets) targetCount += target >= 0;
-    if (targetCount == 0) {
-      throw Error("the batch has no target tokens (every target is -1); a step needs at least one position with loss");
-    }
+    validateStepInputs(s.model->config(), s.options.maxTokens, rows, lr);
     const int64_t P = static_cast<int64_t>(s.lora->parameterCount());
     s.zero(s.grads, sizeof(float) * P);
     const LossResult loss = s.runRows(rows, true, true);
@@ -888,44 +812,8 @@ std::vector<NamedTensorData> CudaEngine::State::namedTensors(const float* device
 
 std::vector<float> CudaEngine::State::blockFromNamed(const std::vector<NamedTensorData>& tensors, const char* suffix,
                                                      const char* what) const {
-  struct Slot {
-    size_t offset;
-    int64_t rows, cols;
-    bool seen;
-  };
-  std::unordered_map<std::string, Slot> slots;
-  const int64_t R = lora->options().rank;
-  for (const LoraAdapter& adapter : lora->adapters()) {
-    slots[adapter.name + ".lora_a" + suffix] = {adapter.offsetA, R, adapter.in, false};
-    slots[adapter.name + ".lora_b" + suffix] = {adapter.offsetB, adapter.out, R, false};
-  }
   std::vector<float> block(lora->parameterCount());
-  for (const NamedTensorData& tensor : tensors) {
-    auto found = slots.find(tensor.name);
-    if (found == slots.end()) {
-      throw Error(std::string(what) + ": tensor \"" + tensor.name +
-                  "\" is not part of this engine's LoRA (check the targets and layer count it was trained with)");
-    }
-    Slot& slot = found->second;
-    if (slot.seen) throw Error(std::string(what) + ": tensor \"" + tensor.name + "\" is given twice");
-    if (tensor.shape.size() != 2 || tensor.shape[0] != slot.rows || tensor.shape[1] != slot.cols ||
-        static_cast<int64_t>(tensor.data.size()) != slot.rows * slot.cols) {
-      throw Error(std::string(what) + ": tensor \"" + tensor.name + "\" must have shape [" + std::to_string(slot.rows) +
-                  ", " + std::to_string(slot.cols) + "] with " + std::to_string(slot.rows * slot.cols) +
-                  " values (a different rank?), got " + std::to_string(tensor.data.size()) + " values");
-    }
-    for (size_t i = 0; i < tensor.data.size(); ++i) {
-      if (!std::isfinite(tensor.data[i])) {
-        throw Error(std::string(what) + ": tensor \"" + tensor.name + "\" holds a NaN or infinite value at element " +
-                    std::to_string(i));
-      }
-    }
-    slot.seen = true;
-    std::copy(tensor.data.begin(), tensor.data.end(), block.begin() + static_cast<ptrdiff_t>(slot.offset));
-  }
-  for (const auto& [name, slot] : slots) {
-    if (!slot.seen) throw Error(std::string(what) + ": tensor \"" + name + "\" is missing; every LoRA tensor must be given");
-  }
+  loadLoraTensors(*lora, block.data(), tensors, suffix, what);
   return block;
 }
 

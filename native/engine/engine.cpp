@@ -71,8 +71,7 @@ void Engine::checkAbort() const {
   if (abortRequested_.load()) throw AbortedError();
 }
 
-void Engine::validateRows(const std::vector<Row>& rows, bool needTargets) const {
-  const ModelConfig& c = model_->config();
+void validateRows(const ModelConfig& c, int64_t maxTokens, const std::vector<Row>& rows, bool needTargets) {
   if (rows.empty()) throw Error("the batch is empty; pass at least one row");
   for (size_t r = 0; r < rows.size(); ++r) {
     const Row& row = rows[r];
@@ -86,9 +85,9 @@ void Engine::validateRows(const std::vector<Row>& rows, bool needTargets) const 
       throw Error(rowWhere(r) + " has " + std::to_string(T) + " tokens, more than the model's context length " +
                   std::to_string(c.contextLength));
     }
-    if (T > options_.maxTokens) {
+    if (T > maxTokens) {
       throw Error(rowWhere(r) + " has " + std::to_string(T) + " tokens, more than maxTokens " +
-                  std::to_string(options_.maxTokens) + " the engine was created with");
+                  std::to_string(maxTokens) + " the engine was created with");
     }
     for (int64_t t = 0; t < T; ++t) {
       const int32_t token = row.tokens[static_cast<size_t>(t)];
@@ -117,9 +116,8 @@ void Engine::validateRows(const std::vector<Row>& rows, bool needTargets) const 
   }
 }
 
-StepResult Engine::step(const std::vector<Row>& rows, float lr) {
-  Call call(*this, "step");
-  validateRows(rows, true);
+void validateStepInputs(const ModelConfig& c, int64_t maxTokens, const std::vector<Row>& rows, float lr) {
+  validateRows(c, maxTokens, rows, true);
   if (!(std::isfinite(lr) && lr >= 0.0f)) throw Error("learning rate must be a finite number >= 0, got " + std::to_string(lr));
   int64_t targetCount = 0;
   for (const Row& row : rows)
@@ -127,6 +125,15 @@ StepResult Engine::step(const std::vector<Row>& rows, float lr) {
   if (targetCount == 0) {
     throw Error("the batch has no target tokens (every target is -1); a step needs at least one position with loss");
   }
+}
+
+void Engine::validateRows(const std::vector<Row>& rows, bool needTargets) const {
+  thinktune::validateRows(model_->config(), options_.maxTokens, rows, needTargets);
+}
+
+StepResult Engine::step(const std::vector<Row>& rows, float lr) {
+  Call call(*this, "step");
+  validateStepInputs(model_->config(), options_.maxTokens, rows, lr);
   const size_t P = lora_->parameterCount();
   const LoraBuffers& buffers = plan_->lora();
   std::fill(buffers.grads, buffers.grads + P, 0.0f);
@@ -183,16 +190,16 @@ std::vector<NamedTensorData> Engine::namedTensors(const float* block, const char
   return tensors;
 }
 
-void Engine::loadNamedTensors(float* block, const std::vector<NamedTensorData>& tensors, const char* suffix,
-                              const char* what) {
+void loadLoraTensors(const Lora& lora, float* block, const std::vector<NamedTensorData>& tensors, const char* suffix,
+                     const char* what) {
   struct Slot {
     size_t offset;
     int64_t rows, cols;
     bool seen;
   };
   std::unordered_map<std::string, Slot> slots;
-  const int64_t R = lora_->options().rank;
-  for (const LoraAdapter& adapter : lora_->adapters()) {
+  const int64_t R = lora.options().rank;
+  for (const LoraAdapter& adapter : lora.adapters()) {
     slots[adapter.name + ".lora_a" + suffix] = {adapter.offsetA, R, adapter.in, false};
     slots[adapter.name + ".lora_b" + suffix] = {adapter.offsetB, adapter.out, R, false};
   }
@@ -233,7 +240,7 @@ std::vector<NamedTensorData> Engine::getLora() {
 
 void Engine::setLora(const std::vector<NamedTensorData>& tensors) {
   Call call(*this, "setLora");
-  loadNamedTensors(plan_->lora().params, tensors, "", "setLora");
+  loadLoraTensors(*lora_, plan_->lora().params, tensors, "", "setLora");
 }
 
 std::pair<int64_t, std::vector<NamedTensorData>> Engine::getOptimizerState() {
@@ -254,8 +261,8 @@ void Engine::setOptimizerState(int64_t step, const std::vector<NamedTensorData>&
   }
   // validate both halves before writing either
   std::vector<float> m(lora_->parameterCount()), v(lora_->parameterCount());
-  loadNamedTensors(m.data(), first, ".m", "setOptimizerState");
-  loadNamedTensors(v.data(), second, ".v", "setOptimizerState");
+  loadLoraTensors(*lora_, m.data(), first, ".m", "setOptimizerState");
+  loadLoraTensors(*lora_, v.data(), second, ".v", "setOptimizerState");
   for (float value : v) {
     if (value < 0.0f) throw Error("setOptimizerState: a second-moment (.v) value is negative; the state is corrupt");
   }

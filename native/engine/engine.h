@@ -64,6 +64,20 @@ struct NamedTensorData {
   std::vector<float> data;
 };
 
+// Checks that `tensors` are exactly the LoRA tensors of `lora` (names "<adapter>.lora_a<suffix>" /
+// ".lora_b<suffix>", right shapes, finite values, none missing or repeated), then copies them into
+// `block` (laid out as lora.parameterCount() floats). Throws Error prefixed with `what`; on error
+// `block` is left untouched. Shared by the CPU and CUDA engines.
+// Input checks shared by the CPU and CUDA engines (same rules, same messages), throwing Error:
+// every row non-empty, within the context length and maxTokens, token ids (and, with needTargets,
+// targets of the same length, -1 or in the vocabulary) valid, seqStarts 0 then strictly increasing.
+void validateRows(const ModelConfig& config, int64_t maxTokens, const std::vector<Row>& rows, bool needTargets);
+// validateRows with targets, then a finite lr >= 0 and at least one target token in the batch.
+void validateStepInputs(const ModelConfig& config, int64_t maxTokens, const std::vector<Row>& rows, float lr);
+
+void loadLoraTensors(const Lora& lora, float* block, const std::vector<NamedTensorData>& tensors, const char* suffix,
+                     const char* what);
+
 class Engine {
  public:
   explicit Engine(EngineOptions options);
@@ -132,8 +146,6 @@ class Engine {
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
   const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training);
   std::vector<NamedTensorData> namedTensors(const float* block, const char* suffix) const;
-  void loadNamedTensors(float* block, const std::vector<NamedTensorData>& tensors, const char* suffix,
-                        const char* what);
 
   EngineOptions options_;
   int threads_ = 1;

@@ -13,30 +13,6 @@ namespace thinktune {
 namespace {
 constexpr size_t kAlignment = 64;
 
-size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
-
-// Two passes over the same list of (pointer, count): sum the sizes, then hand out addresses.
-class Layout {
- public:
-  template <class T>
-  void add(T*& pointer, int64_t count) {
-    slots_.push_back({reinterpret_cast<void**>(&pointer), bytes_});
-    bytes_ += roundUp(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T), kAlignment);
-  }
-  size_t bytes() const { return bytes_; }
-  void assign(char* base) const {
-    for (const Slot& slot : slots_) *slot.pointer = base + slot.offset;
-  }
-
- private:
-  struct Slot {
-    void** pointer;
-    size_t offset;
-  };
-  std::vector<Slot> slots_;
-  size_t bytes_ = 0;
-};
-
 std::string mebibytes(size_t bytes) { return std::to_string((bytes + (1u << 20) - 1) >> 20) + " MiB"; }
 
 char* allocate(size_t bytes, const char* lifetime) {
@@ -57,14 +33,14 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf, R = lora.options().rank;
   const int64_t widest = std::max(std::max(C, QD), F);
 
-  Layout loraLayout;
+  BufferLayout loraLayout(kAlignment);
   const int64_t P = static_cast<int64_t>(lora.parameterCount());
   loraLayout.add(lora_.params, P);
   loraLayout.add(lora_.grads, P);
   loraLayout.add(lora_.m, P);
   loraLayout.add(lora_.v, P);
 
-  Layout act;
+  BufferLayout act(kAlignment);
   ActivationBuffers& a = activations_;
   act.add(a.residual, (c.nLayer + 1) * T * C);
   act.add(a.normed1, T * C);
@@ -104,7 +80,7 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   act.add(a.targetLogit, T);
   act.add(a.lossLse, T);
 
-  Layout scratch;
+  BufferLayout scratch(kAlignment);
   ScratchBuffers& s = scratch_;
   scratch.add(s.weightChunk, sizes.weightChunkFloats);
   scratch.add(s.logitsChunk, T * sizes.vocabChunk);

@@ -2,6 +2,7 @@
 // options and maxTokens alone, so the peak is known before the first step and reported by
 // memoryPlan(); a failed allocation is an Error with the numbers.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -12,6 +13,33 @@
 #include "engine/model.h"
 
 namespace thinktune {
+
+inline size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+// Two passes over the same list of (pointer, count): sum the sizes, then hand out addresses inside
+// one allocation, each buffer starting on `alignment` bytes. Used by the CPU and CUDA memory plans.
+class BufferLayout {
+ public:
+  explicit BufferLayout(size_t alignment) : alignment_(alignment) {}
+  template <class T>
+  void add(T*& pointer, int64_t count) {
+    slots_.push_back({reinterpret_cast<void**>(&pointer), bytes_});
+    bytes_ += roundUp(static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(T), alignment_);
+  }
+  size_t bytes() const { return bytes_; }
+  void assign(char* base) const {
+    for (const Slot& slot : slots_) *slot.pointer = base + slot.offset;
+  }
+
+ private:
+  struct Slot {
+    void** pointer;
+    size_t offset;
+  };
+  size_t alignment_;
+  std::vector<Slot> slots_;
+  size_t bytes_ = 0;
+};
 
 // LoRA lifetime: parameters, gradients and AdamW moments, each lora.parameterCount() floats.
 struct LoraBuffers {

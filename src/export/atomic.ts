@@ -38,7 +38,8 @@ export async function writeFileAtomic(target: string, chunks: Iterable<Uint8Arra
   }
 }
 
-async function exists(target: string): Promise<boolean> {
+/** True when `target` exists (file or folder); false on any stat failure. */
+export async function pathExists(target: string): Promise<boolean> {
   try {
     await stat(target);
     return true;
@@ -53,7 +54,7 @@ async function exists(target: string): Promise<boolean> {
  */
 export async function writeFolderAtomic(target: string, overwrite: boolean, fill: (dir: string) => Promise<void>): Promise<void> {
   const resolved = path.resolve(target);
-  if (!overwrite && (await exists(resolved))) {
+  if (!overwrite && (await pathExists(resolved))) {
     throw new ExportError(`${target} already exists; choose another --out or pass --force to replace it`);
   }
   await mkdir(path.dirname(resolved), { recursive: true });
@@ -65,7 +66,7 @@ export async function writeFolderAtomic(target: string, overwrite: boolean, fill
     await rm(temporary, { recursive: true, force: true });
     throw error;
   }
-  if (await exists(resolved)) {
+  if (await pathExists(resolved)) {
     const old = temporarySibling(resolved);
     await rename(resolved, old);
     await rename(temporary, resolved);
@@ -77,7 +78,7 @@ export async function writeFolderAtomic(target: string, overwrite: boolean, fill
 
 /** Refuses to replace an existing file unless asked to. */
 export async function checkWritable(target: string, overwrite: boolean): Promise<void> {
-  if (!overwrite && (await exists(target))) {
+  if (!overwrite && (await pathExists(target))) {
     throw new ExportError(`${target} already exists; choose another --out or pass --force to replace it`);
   }
 }

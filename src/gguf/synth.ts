@@ -3,7 +3,7 @@
 // quantized in chunks and streamed to disk, so the 7B preset never sits in memory.
 import { availableParallelism } from "node:os";
 import { z } from "zod";
-import { GgmlType, loadNativeAddon, type GgmlTypeName } from "../native/addon.js";
+import { GgmlType, loadNativeAddon, type GgmlTypeName, type NativeModelConfig } from "../native/addon.js";
 import { ggmlTypeLayouts, ggmlTypeNames } from "./ggml-types.js";
 import { r1DistillChatTemplate } from "./r1-template.js";
 import { buildSynthVocabulary, minimumVocabularySize } from "./tokenizer-vocab.js";
@@ -19,17 +19,12 @@ export type SynthTypeMixName = keyof typeof synthTypeMixes;
 export type SynthTypeName = GgmlTypeName | SynthTypeMixName;
 export const synthTypeNames: readonly SynthTypeName[] = [...ggmlTypeNames, ...(Object.keys(synthTypeMixes) as SynthTypeMixName[])];
 
-export interface SynthOptions {
-  arch: "qwen2" | "llama";
-  nLayer: number;
-  nEmbd: number;
-  nHead: number;
-  nHeadKv: number;
-  nFf: number;
-  nVocab: number;
-  contextLength: number;
-  ropeBase: number;
-  rmsEps: number;
+/** The model shape fields mean the same as in NativeModelConfig (headDim is nEmbd / nHead). */
+export interface SynthOptions
+  extends Pick<
+    NativeModelConfig,
+    "arch" | "nLayer" | "nEmbd" | "nHead" | "nHeadKv" | "nFf" | "nVocab" | "contextLength" | "ropeBase" | "rmsEps"
+  > {
   /** no output.weight: the token embedding doubles as the output projection */
   tiedOutput: boolean;
   /** attn_q/k/v biases, as Qwen2 files carry */

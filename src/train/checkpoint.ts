@@ -1,11 +1,12 @@
 // Checkpoints: checkpoints/step-N/{lora.safetensors, optimizer.safetensors, state.json}. Each is built
 // in checkpoints/.step-N.tmp and renamed into place only when complete, so a process killed mid-write
 // leaves every earlier checkpoint intact and the partial folder is ignored (and cleared next time).
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile, open } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm, writeFile, open } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import type { NamedTensor } from "../native/addon.js";
 import { readSafetensors, writeSafetensors } from "../export/safetensors.js";
+import { pathExists } from "../export/atomic.js";
 
 export class CheckpointError extends Error {
   constructor(message: string) {
@@ -78,7 +79,7 @@ export async function saveCheckpoint(runDir: string, checkpoint: Omit<Checkpoint
   await writeFile(stateFile, `${JSON.stringify(checkpoint.state, null, 2)}\n`);
   await fsyncFile(stateFile);
   // A checkpoint of the same step (a resumed run re-reaching it) is replaced only once the new one is whole.
-  if (await exists(finalDir)) {
+  if (await pathExists(finalDir)) {
     const stale = path.join(parent, `.${name}.old`);
     await rm(stale, { recursive: true, force: true });
     await rename(finalDir, stale);
@@ -88,15 +89,6 @@ export async function saveCheckpoint(runDir: string, checkpoint: Omit<Checkpoint
     await rename(temporaryDir, finalDir);
   }
   return finalDir;
-}
-
-async function exists(target: string): Promise<boolean> {
-  try {
-    await stat(target);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Complete checkpoint folders (step-N), oldest first; temporary and unrelated entries are skipped. */
