@@ -18,6 +18,9 @@ void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, ptrdiff_
           ptrdiff_t colStrideA, const float* b, ptrdiff_t rowStrideB, ptrdiff_t colStrideB, float* c,
           ptrdiff_t ldc, bool accumulate, float* workspace);
 
+// out (T, N, row stride ldOut) += bias (N) on every row.
+void bias_forward(float* out, ptrdiff_t ldOut, const float* bias, int64_t T, int64_t N);
+
 // out (T, N) [row stride ldOut] (+)= inp (T, K) · weight (N, K)ᵀ, plus bias (N) when given.
 void matmul_forward(float* out, ptrdiff_t ldOut, const float* inp, const float* weight, const float* bias,
                     int64_t T, int64_t K, int64_t N, bool accumulate, float* workspace);

@@ -185,11 +185,7 @@ void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const float* a, ptr
 void matmul_forward_bf16(float* out, ptrdiff_t ldOut, const float* inp, const float* weight, const float* bias,
                          int64_t T, int64_t K, int64_t N, bool accumulate, float* workspace) {
   gemm_bf16(T, N, K, 1.0f, inp, K, 1, weight, 1, K, out, ldOut, accumulate, workspace);
-  if (bias) {
-#pragma omp parallel for schedule(static) if (T * N >= kParallelMinWork)
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t n = 0; n < N; ++n) out[t * ldOut + n] += bias[n];
-  }
+  if (bias) bias_forward(out, ldOut, bias, T, N);
 }
 
 void matmul_backward_input_bf16(float* dinp, const float* dout, ptrdiff_t ldDout, const float* weight, int64_t T,
