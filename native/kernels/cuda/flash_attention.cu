@@ -1,0 +1,529 @@
+// Fused causal grouped-query attention inside packed sequences, FlashAttention-2 style on the
+// tensor cores (mma.sync m16n8k16, bf16 in, fp32 accumulate; sm_80 and later): scores and
+// probabilities live in registers and shared memory only, never in device memory.
+//
+// Forward: a block owns BM = 16·warps query rows of one query head and walks the key tiles they
+// can see (BN = 64 keys, double-buffered with cp.async), keeping the running max and sum of the
+// online softmax per row; it writes O (bf16) and the row's log-sum-exp.
+// Backward: a block owns BN = 16·warps keys of one query head (so every query head's work is its
+// own block: the causal triangle balances across the grid) and walks the query tiles that can see
+// them, recomputing P from the saved log-sum-exp: dV += Pᵀ·dO, dS = P∘(dP − D), dK += dSᵀ·Q in
+// registers, dQ += dS·K added to device memory with atomics; at the end the block adds its dK, dV
+// to its kv head's (the group's query heads share one kv head).
+// Key j is visible to query i when seqStart[i] <= j <= i, as in kernels/cpu/attention.cpp.
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/flash_attention.h"
+
+namespace thinktune::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+constexpr int kKeyTile = 64;    // forward: keys per step
+constexpr int kQueryTile = 64;  // backward: queries per step
+
+// ---- tensor-core and copy primitives ----
+
+__device__ inline uint32_t smemAddress(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// A (rows × D) bf16 tile in shared memory, 16-byte chunks of each row XOR-swizzled by the row
+// (chunk c of row r at c ^ (r & 7)) so that ldmatrix's eight row reads hit eight distinct banks.
+template <int D, class Element>
+__device__ inline Element* tileAt(Element* tile, int row, int col) {
+  return tile + row * D + (((col >> 3) ^ (row & 7)) << 3);
+}
+
+// tile (rows, D) = rows [row0, row0 + rows) of a (T, ·) matrix with `stride` elements per row, rows
+// past T zero-filled. Asynchronous: completes at the next cp.async wait.
+template <int D>
+__device__ inline void loadTile(bf16* tile, const bf16* source, int64_t stride, int row0, int rows, int T) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
+    const int r = c / kChunks, chunk = c % kChunks, row = row0 + r;
+    const bf16* from = source + static_cast<int64_t>(row < T ? row : T - 1) * stride + chunk * 8;
+    const uint32_t to = smemAddress(tileAt<D>(tile, r, chunk * 8));
+    const int bytes = row < T ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(bytes));
+  }
+}
+
+__device__ inline void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ inline void cpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ inline void ldmatrix4(uint32_t (&r)[4], const void* pointer) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smemAddress(pointer)));
+}
+__device__ inline void ldmatrix4Trans(uint32_t (&r)[4], const void* pointer) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smemAddress(pointer)));
+}
+
+// c (16×8) += a (16×16) · b (16×8)
+__device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ inline uint32_t packBf16(float low, float high) {
+  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
+  return *reinterpret_cast<const uint32_t*>(&pair);
+}
+
+// acc (16 × N) += A (16 × K, rows row0.. of tile `a`, k along its columns) · Bᵀ where B's rows are
+// the N rows n0.. of tile `b` (k along its columns too): the score product Q·Kᵀ and its relatives.
+template <int D, int N>
+__device__ inline void productABt(float (&acc)[N / 8][4], const bf16* a, int aRow0, const bf16* b, int bRow0,
+                                  int lane) {
+#pragma unroll
+  for (int k0 = 0; k0 < D; k0 += 16) {
+    uint32_t fa[4];
+    ldmatrix4(fa, tileAt<D>(a, aRow0 + (lane & 15), k0 + ((lane >> 4) << 3)));
+#pragma unroll
+    for (int n = 0; n < N / 16; ++n) {
+      uint32_t fb[4];  // two n8 tiles: rows n·16.. and n·16 + 8.., k0.. and k0 + 8..
+      ldmatrix4(fb, tileAt<D>(b, bRow0 + n * 16 + (lane & 7) + ((lane >> 4) << 3), k0 + (((lane >> 3) & 1) << 3)));
+      mma(acc[2 * n], fa, fb[0], fb[1]);
+      mma(acc[2 * n + 1], fa, fb[2], fb[3]);
+    }
+  }
+}
+
+// acc (16 × D) += P (16 × K, register fragments of a (16 × K) accumulator converted to bf16) · V
+// where V is rows v0.. of tile `v` (K rows, D columns): the value product P·V and its relatives.
+template <int D, int K>
+__device__ inline void productPV(float (&acc)[D / 8][4], const uint32_t (&p)[K / 16][4], const bf16* v, int vRow0,
+                                 int lane) {
+#pragma unroll
+  for (int kc = 0; kc < K / 16; ++kc) {
+#pragma unroll
+    for (int n = 0; n < D / 16; ++n) {
+      uint32_t fb[4];  // rows k (keys) kc·16.., columns n·16.. and n·16 + 8.., transposed
+      ldmatrix4Trans(fb, tileAt<D>(v, vRow0 + kc * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), n * 16 + ((lane >> 4) << 3)));
+      mma(acc[2 * n], p[kc], fb[0], fb[1]);
+      mma(acc[2 * n + 1], p[kc], fb[2], fb[3]);
+    }
+  }
+}
+
+// The A fragments of a (16 × K) accumulator, as bf16: n8 tiles 2k and 2k + 1 make k16 slice k.
+template <int K>
+__device__ inline void accumulatorToA(uint32_t (&p)[K / 16][4], const float (&s)[K / 8][4]) {
+#pragma unroll
+  for (int k = 0; k < K / 16; ++k) {
+    p[k][0] = packBf16(s[2 * k][0], s[2 * k][1]);
+    p[k][1] = packBf16(s[2 * k][2], s[2 * k][3]);
+    p[k][2] = packBf16(s[2 * k + 1][0], s[2 * k + 1][1]);
+    p[k][3] = packBf16(s[2 * k + 1][2], s[2 * k + 1][3]);
+  }
+}
+
+template <int N>
+__device__ inline void zeroAccumulator(float (&acc)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+}
+
+// ---- forward ----
+
+template <int D, int kWarps>
+struct ForwardTiles {
+  static constexpr int BM = 16 * kWarps;
+  static constexpr int kSharedBytes = (BM + 4 * kKeyTile) * D * 2;  // Q, then K and V double-buffered
+};
+
+// grid (nHead, query tiles), heaviest tiles (the last queries see the most keys) first.
+template <int D, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
+    flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
+                         const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ seqStart,
+                         int T, int nHead, int nHeadKv, float scaleLog2) {
+  using Tiles = ForwardTiles<D, kWarps>;
+  constexpr int BM = Tiles::BM, BN = kKeyTile;
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* sQ = reinterpret_cast<bf16*>(shared);  // (BM, D)
+  bf16* sK = sQ + BM * D;                      // (2, BN, D)
+  bf16* sV = sK + 2 * BN * D;                  // (2, BN, D)
+
+  const int h = blockIdx.x, hk = h / (nHead / nHeadKv);
+  const int m0 = (gridDim.y - 1 - blockIdx.y) * BM;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t qStride = static_cast<int64_t>(nHead) * D, kStride = static_cast<int64_t>(nHeadKv) * D;
+  const bf16* qHead = q + static_cast<int64_t>(h) * D;
+  const bf16* kHead = k + static_cast<int64_t>(hk) * D;
+  const bf16* vHead = v + static_cast<int64_t>(hk) * D;
+
+  const int lastQuery = min(m0 + BM, T) - 1;
+  const int keyBegin = (seqStart[m0] / BN) * BN, keyEnd = lastQuery + 1;  // keys [keyBegin, keyEnd)
+  const int tileSeqMax = seqStart[lastQuery];
+
+  // this thread's two rows of the warp's 16: g and g + 8
+  const int row0 = m0 + warp * 16 + lane / 4, row1 = row0 + 8;
+  const int start0 = row0 < T ? seqStart[row0] : 0x7fffffff, start1 = row1 < T ? seqStart[row1] : 0x7fffffff;
+
+  loadTile<D>(sQ, qHead, qStride, m0, BM, T);
+  loadTile<D>(sK, kHead, kStride, keyBegin, BN, T);
+  loadTile<D>(sV, vHead, kStride, keyBegin, BN, T);
+  cpAsyncCommit();
+
+  float o[D / 8][4];
+  zeroAccumulator(o);
+  float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.0f, 0.0f};
+
+  int buffer = 0;
+  for (int n0 = keyBegin; n0 < keyEnd; n0 += BN, buffer ^= 1) {
+    if (n0 + BN < keyEnd) {  // prefetch the next key tile into the other buffer
+      loadTile<D>(sK + (buffer ^ 1) * BN * D, kHead, kStride, n0 + BN, BN, T);
+      loadTile<D>(sV + (buffer ^ 1) * BN * D, vHead, kStride, n0 + BN, BN, T);
+    }
+    cpAsyncCommit();
+    cpAsyncWait<1>();
+    __syncthreads();
+    const bf16* tileK = sK + buffer * BN * D;
+    const bf16* tileV = sV + buffer * BN * D;
+
+    float s[BN / 8][4];
+    zeroAccumulator(s);
+    productABt<D, BN>(s, sQ, warp * 16, tileK, 0, lane);
+
+    // mask only where the tile crosses the diagonal, a sequence start or the end of the row
+    const bool masked = n0 + BN - 1 > m0 || n0 < tileSeqMax || n0 + BN > T || m0 + BM > T;
+    float tileMax[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = n0 + n * 8 + (lane % 4) * 2 + (e & 1);
+        const int row = e < 2 ? row0 : row1, start = e < 2 ? start0 : start1;
+        float value = s[n][e] * scaleLog2;
+        if (masked && (key > row || key < start || row >= T)) value = -INFINITY;
+        s[n][e] = value;
+        tileMax[e / 2] = fmaxf(tileMax[e / 2], value);
+      }
+    }
+    float reference[2], rescale[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffu, tileMax[r], 1));
+      tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffu, tileMax[r], 2));
+      const float newMax = fmaxf(rowMax[r], tileMax[r]);
+      reference[r] = newMax == -INFINITY ? 0.0f : newMax;  // a row that has seen no key yet stays 0
+      rescale[r] = exp2f(rowMax[r] - reference[r]);
+      rowMax[r] = newMax;
+      rowSum[r] *= rescale[r];
+    }
+#pragma unroll
+    for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[n][e] = exp2f(s[n][e] - reference[e / 2]);
+        rowSum[e / 2] += s[n][e];
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      o[n][0] *= rescale[0];
+      o[n][1] *= rescale[0];
+      o[n][2] *= rescale[1];
+      o[n][3] *= rescale[1];
+    }
+    uint32_t p[BN / 16][4];
+    accumulatorToA<BN>(p, s);
+    productPV<D, BN>(o, p, tileV, 0, lane);
+    __syncthreads();  // the next iteration's prefetch overwrites this buffer
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    rowSum[r] += __shfl_xor_sync(0xffffffffu, rowSum[r], 1);
+    rowSum[r] += __shfl_xor_sync(0xffffffffu, rowSum[r], 2);
+  }
+  const float inverse[2] = {1.0f / rowSum[0], 1.0f / rowSum[1]};
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = r == 0 ? row0 : row1;
+    if (row >= T) continue;
+    bf16* target = out + row * qStride + static_cast<int64_t>(h) * D + (lane % 4) * 2;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<__nv_bfloat162*>(target + n * 8) =
+          __floats2bfloat162_rn(o[n][2 * r] * inverse[r], o[n][2 * r + 1] * inverse[r]);
+    }
+    if (lane % 4 == 0) lse[static_cast<int64_t>(h) * T + row] = (rowMax[r] + log2f(rowSum[r])) * kLn2;
+  }
+}
+
+// ---- backward ----
+
+// rowDots (nHead, T) = Σ_d dO·O per query and head: the D of dS = P∘(dP − D). One warp per (i, h).
+template <int D>
+__global__ void row_dots_kernel(float* rowDots, const bf16* dout, const bf16* out, int T, int nHead) {
+  const int64_t item = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (item >= static_cast<int64_t>(T) * nHead) return;
+  const int i = static_cast<int>(item / nHead), h = static_cast<int>(item % nHead);
+  const bf16* a = dout + item * D;  // (T, nHead, D): item = i·nHead + h
+  const bf16* b = out + item * D;
+  float sum = 0.0f;
+  for (int d = lane * 2; d < D; d += 64) {
+    const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(a + d));
+    const float2 y = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(b + d));
+    sum += x.x * y.x + x.y * y.y;
+  }
+  sum = warpSum(sum);
+  if (lane == 0) rowDots[static_cast<int64_t>(h) * T + i] = sum;
+}
+
+template <int D, int kWarps>
+struct BackwardTiles {
+  static constexpr int BN = 16 * kWarps, BM = kQueryTile;
+  // K, V (BN, D); Q, dO (2, BM, D); dSᵀ (BN, BM); per query: log2-sum-exp, rowDots, seqStart (2, BM)
+  static constexpr int kSharedBytes = 2 * BN * D * 2 + 4 * BM * D * 2 + BN * BM * 2 + 2 * 3 * BM * 4;
+};
+
+// grid (nHead, key tiles): a block's keys j ∈ [n0, n0 + BN) of query head h; the first key tiles
+// (seen by the most queries) first.
+template <int D, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32)
+    flash_backward_kernel(float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dv,
+                          const bf16* __restrict__ dout, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                          const bf16* __restrict__ v, const float* __restrict__ lse,
+                          const float* __restrict__ rowDots, const int32_t* __restrict__ seqStart, int T, int nHead,
+                          int nHeadKv, float scale) {
+  using Tiles = BackwardTiles<D, kWarps>;
+  constexpr int BN = Tiles::BN, BM = Tiles::BM;
+  extern __shared__ __align__(128) unsigned char shared[];
+  bf16* sK = reinterpret_cast<bf16*>(shared);  // (BN, D)
+  bf16* sV = sK + BN * D;                      // (BN, D)
+  bf16* sQ = sV + BN * D;                      // (2, BM, D)
+  bf16* sDo = sQ + 2 * BM * D;                 // (2, BM, D)
+  bf16* sDs = sDo + 2 * BM * D;                // (BN, BM) dSᵀ, rows padded by 8 against bank conflicts
+  float* sLse = reinterpret_cast<float*>(sDs + BN * BM);  // (2, BM) log2-domain
+  float* sDot = sLse + 2 * BM;                            // (2, BM)
+  int32_t* sStart = reinterpret_cast<int32_t*>(sDot + 2 * BM);  // (2, BM)
+
+  const int h = blockIdx.x, hk = h / (nHead / nHeadKv);
+  const int n0 = blockIdx.y * BN;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t qStride = static_cast<int64_t>(nHead) * D, kStride = static_cast<int64_t>(nHeadKv) * D;
+  const bf16* qHead = q + static_cast<int64_t>(h) * D;
+  const bf16* doHead = dout + static_cast<int64_t>(h) * D;
+  const float scaleLog2 = scale * kLog2e;
+  const int lastKey = min(n0 + BN, T) - 1;
+
+  // queries that can see a key of this tile: i >= n0, up to the end of the last key's sequence
+  const int queryBegin = (n0 / BM) * BM;
+  auto tileLive = [&](int m0) { return m0 < T && seqStart[m0] <= lastKey; };
+
+  auto loadQueries = [&](int m0, int slot) {
+    loadTile<D>(sQ + slot * BM * D, qHead, qStride, m0, BM, T);
+    loadTile<D>(sDo + slot * BM * D, doHead, qStride, m0, BM, T);
+    for (int i = threadIdx.x; i < BM; i += blockDim.x) {
+      const int row = m0 + i;
+      const bool valid = row < T;
+      sLse[slot * BM + i] = valid ? lse[static_cast<int64_t>(h) * T + row] * kLog2e : INFINITY;
+      sDot[slot * BM + i] = valid ? rowDots[static_cast<int64_t>(h) * T + row] : 0.0f;
+      sStart[slot * BM + i] = valid ? seqStart[row] : 0x7fffffff;
+    }
+  };
+
+  loadTile<D>(sK, k + static_cast<int64_t>(hk) * D, kStride, n0, BN, T);
+  loadTile<D>(sV, v + static_cast<int64_t>(hk) * D, kStride, n0, BN, T);
+  if (tileLive(queryBegin)) loadQueries(queryBegin, 0);
+  cpAsyncCommit();
+
+  float dkAcc[D / 8][4], dvAcc[D / 8][4];
+  zeroAccumulator(dkAcc);
+  zeroAccumulator(dvAcc);
+  // this thread's keys of the warp's 16: g and g + 8
+  const int key0 = n0 + warp * 16 + lane / 4, key1 = key0 + 8;
+
+  int slot = 0;
+  for (int m0 = queryBegin; tileLive(m0); m0 += BM, slot ^= 1) {
+    if (tileLive(m0 + BM)) loadQueries(m0 + BM, slot ^ 1);
+    cpAsyncCommit();
+    cpAsyncWait<1>();
+    __syncthreads();
+    const bf16* tileQ = sQ + slot * BM * D;
+    const bf16* tileDo = sDo + slot * BM * D;
+    const float* tileLse = sLse + slot * BM;
+    const float* tileDot = sDot + slot * BM;
+    const int32_t* tileStart = sStart + slot * BM;
+
+    // Pᵀ (16 keys × BM queries) = exp2(scale·log2e · K·Qᵀ − lse2), masked to 0
+    float p[BM / 8][4];
+    zeroAccumulator(p);
+    productABt<D, BM>(p, sK, warp * 16, tileQ, 0, lane);
+    const int lastQuery = min(m0 + BM, T) - 1;
+    const bool masked = lastKey > m0 || tileStart[lastQuery - m0] > n0 || m0 + BM > T || n0 + BN > T;
+#pragma unroll
+    for (int n = 0; n < BM / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int column = n * 8 + (lane % 4) * 2 + (e & 1);
+        const int query = m0 + column, key = e < 2 ? key0 : key1;
+        const bool visible = !masked || (key <= query && key >= tileStart[column] && key < T && query < T);
+        p[n][e] = visible ? exp2f(p[n][e] * scaleLog2 - tileLse[column]) : 0.0f;
+      }
+    }
+    // dPᵀ (16 keys × BM) = V·dOᵀ
+    float dp[BM / 8][4];
+    zeroAccumulator(dp);
+    productABt<D, BM>(dp, sV, warp * 16, tileDo, 0, lane);
+
+    // dV += Pᵀ·dO
+    uint32_t fragment[BM / 16][4];
+    accumulatorToA<BM>(fragment, p);
+    productPV<D, BM>(dvAcc, fragment, tileDo, 0, lane);
+
+    // dSᵀ = Pᵀ∘(dPᵀ − D); dK += dSᵀ·Q; dSᵀ to shared memory for dQ
+#pragma unroll
+    for (int n = 0; n < BM / 8; ++n) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int column = n * 8 + (lane % 4) * 2 + (e & 1);
+        dp[n][e] = p[n][e] * (dp[n][e] - tileDot[column]);
+      }
+    }
+    accumulatorToA<BM>(fragment, dp);
+    productPV<D, BM>(dkAcc, fragment, tileQ, 0, lane);
+#pragma unroll
+    for (int n = 0; n < BM / 8; ++n) {
+      const int column = n * 8 + (lane % 4) * 2;
+      const int r0 = warp * 16 + lane / 4, r1 = r0 + 8;
+      *reinterpret_cast<uint32_t*>(tileAt<BM>(sDs, r0, column) + (column & 7)) = fragment[n / 2][(n & 1) * 2];
+      *reinterpret_cast<uint32_t*>(tileAt<BM>(sDs, r1, column) + (column & 7)) = fragment[n / 2][(n & 1) * 2 + 1];
+    }
+    __syncthreads();
+
+    // dQ (BM × D) += scale · dS (BM × BN) · K (BN × D), in units of 16 queries × 64 columns
+    constexpr int kUnits = (BM / 16) * (D / 64);
+    for (int unit = warp; unit < kUnits; unit += kWarps) {
+      const int qRow0 = (unit % (BM / 16)) * 16, col0 = (unit / (BM / 16)) * 64;
+      float acc[8][4];
+      zeroAccumulator(acc);
+#pragma unroll
+      for (int kc = 0; kc < BN / 16; ++kc) {
+        uint32_t fa[4];  // A[m = query][k = key] = dSᵀ[key][query]: transposed load of rows kc·16..
+        ldmatrix4Trans(fa, tileAt<BM>(sDs, kc * 16 + (lane & 7) + ((lane >> 4) << 3), qRow0 + (((lane >> 3) & 1) << 3)));
+#pragma unroll
+        for (int n = 0; n < 4; ++n) {
+          uint32_t fb[4];
+          ldmatrix4Trans(fb, tileAt<D>(sK, kc * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), col0 + n * 16 + ((lane >> 4) << 3)));
+          mma(acc[2 * n], fa, fb[0], fb[1]);
+          mma(acc[2 * n + 1], fa, fb[2], fb[3]);
+        }
+      }
+      const int rowA = m0 + qRow0 + lane / 4, rowB = rowA + 8;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        const int col = col0 + n * 8 + (lane % 4) * 2;
+        if (rowA < T) {
+          float* target = dq + rowA * qStride + static_cast<int64_t>(h) * D + col;
+          atomicAdd(target, acc[n][0] * scale);
+          atomicAdd(target + 1, acc[n][1] * scale);
+        }
+        if (rowB < T) {
+          float* target = dq + rowB * qStride + static_cast<int64_t>(h) * D + col;
+          atomicAdd(target, acc[n][2] * scale);
+          atomicAdd(target + 1, acc[n][3] * scale);
+        }
+      }
+    }
+    __syncthreads();  // sDs and this slot are rewritten next
+  }
+
+  // this block's share of its kv head's dK, dV
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = r == 0 ? key0 : key1;
+    if (key >= T) continue;
+    float* targetK = dk + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
+    float* targetV = dv + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      atomicAdd(targetK + n * 8, dkAcc[n][2 * r] * scale);
+      atomicAdd(targetK + n * 8 + 1, dkAcc[n][2 * r + 1] * scale);
+      atomicAdd(targetV + n * 8, dvAcc[n][2 * r]);
+      atomicAdd(targetV + n * 8 + 1, dvAcc[n][2 * r + 1]);
+    }
+  }
+}
+
+template <int D, int kWarps>
+void launchForward(const FlashAttentionArgs& a, cudaStream_t stream) {
+  using Tiles = ForwardTiles<D, kWarps>;
+  auto kernel = flash_forward_kernel<D, kWarps>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSharedBytes),
+        "cudaFuncSetAttribute (flash_forward_kernel)");
+  const dim3 grid(static_cast<unsigned>(a.nHead), static_cast<unsigned>((a.T + Tiles::BM - 1) / Tiles::BM));
+  kernel<<<grid, kWarps * 32, Tiles::kSharedBytes, stream>>>(a.out, a.lse, a.q, a.k, a.v, a.seqStart, a.T, a.nHead,
+                                                             a.nHeadKv, a.scale * kLog2e);
+  checkLaunch("flash_forward_kernel");
+}
+
+template <int D, int kWarps>
+void launchBackward(const FlashAttentionArgs& a, const FlashAttentionGradients& g, cudaStream_t stream) {
+  using Tiles = BackwardTiles<D, kWarps>;
+  const int64_t items = static_cast<int64_t>(a.T) * a.nHead;
+  row_dots_kernel<D><<<blocksFor(items * 32, 256), 256, 0, stream>>>(g.rowDots, g.dout, a.out, a.T, a.nHead);
+  checkLaunch("row_dots_kernel");
+  check(cudaMemsetAsync(g.dq, 0, sizeof(float) * a.T * a.nHead * D, stream), "cudaMemsetAsync (dq)");
+  check(cudaMemsetAsync(g.dk, 0, sizeof(float) * a.T * a.nHeadKv * D, stream), "cudaMemsetAsync (dk)");
+  check(cudaMemsetAsync(g.dv, 0, sizeof(float) * a.T * a.nHeadKv * D, stream), "cudaMemsetAsync (dv)");
+  auto kernel = flash_backward_kernel<D, kWarps>;
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSharedBytes),
+        "cudaFuncSetAttribute (flash_backward_kernel)");
+  const dim3 grid(static_cast<unsigned>(a.nHead), static_cast<unsigned>((a.T + Tiles::BN - 1) / Tiles::BN));
+  kernel<<<grid, kWarps * 32, Tiles::kSharedBytes, stream>>>(g.dq, g.dk, g.dv, g.dout, a.q, a.k, a.v, a.lse,
+                                                              g.rowDots, a.seqStart, a.T, a.nHead, a.nHeadKv, a.scale);
+  checkLaunch("flash_backward_kernel");
+}
+
+std::string unsupported(const FlashAttentionArgs& a, int warps) {
+  return "flash attention: head dimension " + std::to_string(a.D) + " with " + std::to_string(warps) +
+         " warps is not supported (head dimension 64 or 128, 4 or 8 warps)";
+}
+
+}  // namespace
+
+bool flashAttentionSupports(int64_t headDim, int64_t nHead, int64_t nHeadKv) {
+  return (headDim == 64 || headDim == 128) && nHeadKv > 0 && nHead % nHeadKv == 0;
+}
+
+void flash_attention_forward(const FlashAttentionArgs& args, cudaStream_t stream) {
+  const int warps = args.forwardWarps;
+  if (args.D == 128 && warps == 4) launchForward<128, 4>(args, stream);
+  else if (args.D == 128 && warps == 8) launchForward<128, 8>(args, stream);
+  else if (args.D == 64 && warps == 4) launchForward<64, 4>(args, stream);
+  else if (args.D == 64 && warps == 8) launchForward<64, 8>(args, stream);
+  else throw Error(unsupported(args, warps));
+}
+
+void flash_attention_backward(const FlashAttentionArgs& args, const FlashAttentionGradients& gradients,
+                              cudaStream_t stream) {
+  const int warps = args.backwardWarps;
+  if (args.D == 128 && warps == 4) launchBackward<128, 4>(args, gradients, stream);
+  else if (args.D == 128 && warps == 8) launchBackward<128, 8>(args, gradients, stream);
+  else if (args.D == 64 && warps == 4) launchBackward<64, 4>(args, gradients, stream);
+  else if (args.D == 64 && warps == 8) launchBackward<64, 8>(args, gradients, stream);
+  else throw Error(unsupported(args, warps));
+}
+
+}  // namespace thinktune::cuda
