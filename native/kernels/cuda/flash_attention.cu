@@ -81,6 +81,16 @@ __device__ inline void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// target[0..1] += (a, b): one vector reduction on sm_90 (half the atomic traffic of the dQ sums)
+__device__ inline void atomicAddPair(float* target, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float2*>(target), make_float2(a, b));
+#else
+  atomicAdd(target, a);
+  atomicAdd(target + 1, b);
+#endif
+}
+
 __device__ inline uint32_t packBf16(float low, float high) {
   const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
   return *reinterpret_cast<const uint32_t*>(&pair);
@@ -434,16 +444,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int n = 0; n < 8; ++n) {
         const int col = col0 + n * 8 + (lane % 4) * 2;
-        if (rowA < T) {
-          float* target = dq + rowA * qStride + static_cast<int64_t>(h) * D + col;
-          atomicAdd(target, acc[n][0] * scale);
-          atomicAdd(target + 1, acc[n][1] * scale);
-        }
-        if (rowB < T) {
-          float* target = dq + rowB * qStride + static_cast<int64_t>(h) * D + col;
-          atomicAdd(target, acc[n][2] * scale);
-          atomicAdd(target + 1, acc[n][3] * scale);
-        }
+        if (rowA < T) atomicAddPair(dq + rowA * qStride + static_cast<int64_t>(h) * D + col, acc[n][0] * scale, acc[n][1] * scale);
+        if (rowB < T) atomicAddPair(dq + rowB * qStride + static_cast<int64_t>(h) * D + col, acc[n][2] * scale, acc[n][3] * scale);
       }
     }
     __syncthreads();  // sDs and this slot are rewritten next
@@ -458,10 +460,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     float* targetV = dv + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
 #pragma unroll
     for (int n = 0; n < D / 8; ++n) {
-      atomicAdd(targetK + n * 8, dkAcc[n][2 * r] * scale);
-      atomicAdd(targetK + n * 8 + 1, dkAcc[n][2 * r + 1] * scale);
-      atomicAdd(targetV + n * 8, dvAcc[n][2 * r]);
-      atomicAdd(targetV + n * 8 + 1, dvAcc[n][2 * r + 1]);
+      atomicAddPair(targetK + n * 8, dkAcc[n][2 * r] * scale, dkAcc[n][2 * r + 1] * scale);
+      atomicAddPair(targetV + n * 8, dvAcc[n][2 * r], dvAcc[n][2 * r + 1]);
     }
   }
 }

@@ -37,7 +37,7 @@ void gemm_bf16(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64
 void gemm_bf16_batched(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                        const __nv_bfloat16* A, int64_t lda, int64_t strideA, const __nv_bfloat16* B, int64_t ldb,
                        int64_t strideB, float beta, float* C, int64_t ldc, int64_t strideC, int64_t batch);
-// the same in fp32 throughout (LoRA A and B are fp32 master weights)
+// the same with fp32 operands (LoRA A and B are fp32 master weights), multiplied on the TF32 tensor cores
 void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
