@@ -1,11 +1,13 @@
 // Standalone check and timing of the fused attention kernels (native/kernels/cuda/flash_attention.cu)
-// on the GPU machine, before they go into the engine: every kernel variant against an fp64 CPU
+// on the GPU: every kernel variant (warps per block) against an fp64 CPU
 // reference on packed rows (several sequences, lengths not multiples of the tiles, grouped-query
 // heads), then forward and forward + backward TFLOP/s at the 7B distill's attention shape, counted
 // as ../shared/bench/sdpa_attention.py counts them (forward 4·T²·D·H/2, backward 2.5× forward).
-// Build: nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -Inative \
+// Built with the CUDA engine as build/Release/thinktune_attention_check (native/kernels/cuda/cuda.cmake);
+// by hand: nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -Inative \
 //          bench/kernels/flash_attention_check.cu native/kernels/cuda/flash_attention.cu -o flash_check
-// Run:   ./flash_check [seqs=1024,4096,16384]
+// Run:   thinktune_attention_check [--no-check] [--seqs 1024,4096,16384] [--all-variants]
+// (timings of the engine's variant, 8 warps forward and backward, unless --all-variants; --seqs "" times none)
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -279,18 +281,34 @@ void timeShape(int T, const Variant& variant) {
 }
 
 int main(int argc, char** argv) {
+  bool check = true, allVariants = false;
+  std::string seqs = "1024,4096,16384";
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--no-check") check = false;
+    else if (arg == "--all-variants") allVariants = true;
+    else if (arg == "--seqs" && i + 1 < argc) seqs = argv[++i];
+    else {
+      std::fprintf(stderr, "unknown argument %s; usage: thinktune_attention_check [--no-check] [--seqs N,N] [--all-variants]\n", arg.c_str());
+      return 2;
+    }
+  }
   bool ok = true;
-  ok &= checkCase(64, 4, 2, {100, 37, 163}, 1);
-  ok &= checkCase(128, 8, 2, {100, 37, 163}, 2);
-  ok &= checkCase(128, 7, 1, {1, 64, 65, 127, 200}, 3);
-  ok &= checkCase(64, 4, 4, {640}, 4);
-  ok &= checkCase(128, 28, 4, {1024}, 5);
-  std::printf("correctness: %s\n", ok ? "all variants pass" : "FAILURES above");
-  std::fflush(stdout);
-  std::string seqs = argc > 1 ? argv[1] : "1024,4096,16384";
+  if (check) {
+    ok &= checkCase(64, 4, 2, {100, 37, 163}, 1);
+    ok &= checkCase(128, 8, 2, {100, 37, 163}, 2);
+    ok &= checkCase(128, 7, 1, {1, 64, 65, 127, 200}, 3);
+    ok &= checkCase(64, 4, 4, {640}, 4);
+    ok &= checkCase(128, 28, 4, {1024}, 5);
+    std::printf("correctness: %s\n", ok ? "all variants pass" : "FAILURES above");
+    std::fflush(stdout);
+  }
   std::stringstream list(seqs);
   for (std::string item; std::getline(list, item, ',');) {
-    for (const Variant& variant : kVariants) timeShape(std::stoi(item), variant);
+    if (item.empty()) continue;
+    for (const Variant& variant : kVariants) {
+      if (allVariants || (variant.forwardWarps == 8 && variant.backwardWarps == 8)) timeShape(std::stoi(item), variant);
+    }
   }
   return ok ? 0 : 1;
 }

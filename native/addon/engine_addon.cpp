@@ -107,6 +107,12 @@ EngineOptions engineOptions(const Napi::Object& options) {
     result.precision = precision == "bf16" ? Precision::BF16 : Precision::FP32;
   }
   result.device = stringField(options, "device", where);  // DeviceEngine checks it
+  if (options.Has("maxKeptLayers") && !options.Get("maxKeptLayers").IsUndefined()) {
+    result.maxKeptLayers = integerField(options, "maxKeptLayers", where);
+    if (result.maxKeptLayers < 0) {
+      throw Error(where + ".maxKeptLayers must be >= 0, got " + std::to_string(result.maxKeptLayers));
+    }
+  }
   if (options.Has("gpuMemoryBytes") && !options.Get("gpuMemoryBytes").IsUndefined()) {
     result.gpuMemoryBytes = integerField(options, "gpuMemoryBytes", where);
   }

@@ -17,6 +17,7 @@
 #include "engine/error.h"
 #include "kernels/cpu/rope.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/flash_attention.h"
 #include "kernels/cuda/kernels.h"
 
 namespace thinktune {
@@ -30,6 +31,9 @@ constexpr int64_t kLogitsChunkFloats = int64_t{32} << 20;  // 128 MiB of (tokens
 // Kept free for the CUDA context, cuBLAS workspaces and the allocator when planning against a card
 // size (--gpu-memory), where none of that is already subtracted from the free memory.
 constexpr size_t kContextReserveBytes = size_t{768} << 20;
+// Left free when kept activations fill the rest of the budget: cuBLAS's workspaces and other
+// allocations made after the plan.
+constexpr size_t kKeptHeadroomBytes = size_t{256} << 20;
 
 std::string gibibytes(double bytes) {
   char text[32];
@@ -63,6 +67,22 @@ struct DeviceLayer {
   DeviceMatrix matrix[kProjectionCount];
 };
 
+// What one layer's backward reads of its forward. Layers the memory plan keeps hold their own copy
+// from the forward; the others share one copy that the backward fills by recomputing the layer.
+// Cheaper values (the norms, SwiGLU's product, fp32 copies of the products' inputs) are rebuilt
+// from these in the backward either way (LayerScratch).
+struct LayerActivations {
+  __nv_bfloat16* q = nullptr;     // (T, QD) after RoPE
+  __nv_bfloat16* k = nullptr;     // (T, KD) after RoPE
+  __nv_bfloat16* v = nullptr;     // (T, KD)
+  __nv_bfloat16* attn = nullptr;  // (T, QD) attention output, O's input
+  float* lse = nullptr;           // (nHead, T)
+  float* residual2 = nullptr;     // (T, C) input of the feed-forward block
+  float* gate = nullptr;          // (T, F); d(gate) in backward
+  float* up = nullptr;            // (T, F); d(up) in backward
+  float* loraHidden = nullptr;    // (7, T, R) x·Aᵀ of each adapter
+};
+
 }  // namespace
 
 struct CudaEngine::State {
@@ -73,7 +93,8 @@ struct CudaEngine::State {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   char* block = nullptr;  // the one device allocation
-  size_t weightBytes = 0, loraBytes = 0, activationBytes = 0, scratchBytes = 0;
+  size_t weightBytes = 0, loraBytes = 0, activationBytes = 0, scratchBytes = 0, keptLayerBytes = 0;
+  size_t devicePeakBytes = 0;  // the most device memory in use (cudaMemGetInfo) seen after a call
   int64_t vocabChunk = 0;
   int64_t optimizerStep = 0;
   std::atomic<bool> busy{false};
@@ -89,20 +110,19 @@ struct CudaEngine::State {
   float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
   // activation lifetime (T = maxTokens; see memory_plan.h for the CPU twins)
   float* residual = nullptr;   // (L + 1, T, C)
+  LayerActivations shared;     // the recomputed layers' activations
+  std::vector<LayerActivations> kept;  // layers [L − kept.size(), L): kept from the forward
+  int64_t workingLayer = -1;   // the layer whose forward values `shared` and the scratch below hold
+  // rebuilt per layer, in forward and backward
   float* normed1 = nullptr;    // (T, C)
   float* rstd1 = nullptr;      // (T)
-  float* q = nullptr;          // (T, QD)
+  float* q = nullptr;          // (T, QD) fp32 products, before bf16
   float* k = nullptr;          // (T, KD)
   float* vAct = nullptr;       // (T, KD)
-  float* attn = nullptr;       // (T, QD)
-  float* lse = nullptr;        // (nHead, T)
-  float* residual2 = nullptr;  // (T, C)
+  float* attn = nullptr;       // (T, QD) fp32 copy of the attention output (O's LoRA input)
   float* normed2 = nullptr;    // (T, C)
   float* rstd2 = nullptr;      // (T)
-  float* gate = nullptr;       // (T, F); d(gate) in backward
-  float* up = nullptr;         // (T, F); d(up) in backward
   float* hidden = nullptr;     // (T, F)
-  float* loraHidden = nullptr;  // (7, T, R)
   float* normedFinal = nullptr;  // (T, C)
   float* rstdFinal = nullptr;    // (T)
   float* ropeCache = nullptr;    // (T, headDim)
@@ -129,12 +149,16 @@ struct CudaEngine::State {
   double* sumSquares = nullptr;  // (1)
   unsigned long long* badRow = nullptr;  // (matrices) first non-finite row of each base matrix
   // scratch lifetime
-  __nv_bfloat16* weightBf16 = nullptr;  // (largest matrix of a layer, or vocabChunk·C)
+  __nv_bfloat16* layerWeights[kProjectionCount] = {};  // one layer's matrices in bf16, dequantized once a pass
+  int64_t cachedLayer = -1;             // the layer layerWeights holds
+  __nv_bfloat16* weightBf16 = nullptr;  // (vocabChunk, C) the output matrix a chunk at a time
+  __nv_bfloat16* dAttnBf16 = nullptr;   // (T, QD) the attention output's gradient
   __nv_bfloat16* inputBf16 = nullptr;   // (T, widest) a product's activation operand
   float* droppedInput = nullptr;        // (T, widest) LoRA input after dropout (only with dropout)
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
-  AttentionWorkspace attentionWorkspace;  // the tiled attention's buffers (kernels.h)
+  bool flash = false;                     // the fused attention handles this head shape
+  AttentionWorkspace attentionWorkspace;  // the tiled attention's buffers (kernels.h), without flash
   int64_t queryTile = 0;
   std::vector<int32_t> hostSeqStart;      // (T) the current row's sequence starts, for attention tiles
 
@@ -190,6 +214,27 @@ struct CudaEngine::State {
   }
 
   void plan();
+  void recordDeviceUse() {
+    size_t freeBytes = 0, totalBytes = 0;
+    if (cudaMemGetInfo(&freeBytes, &totalBytes) == cudaSuccess)
+      devicePeakBytes = std::max(devicePeakBytes, totalBytes - freeBytes);
+  }
+  FlashAttentionArgs flashArgs(LayerActivations& a, int64_t T) const {
+    const ModelConfig& c = model->config();
+    FlashAttentionArgs args;
+    args.out = a.attn;
+    args.lse = a.lse;
+    args.q = a.q;
+    args.k = a.k;
+    args.v = a.v;
+    args.seqStart = seqStart;
+    args.T = static_cast<int>(T);
+    args.nHead = static_cast<int>(c.nHead);
+    args.nHeadKv = static_cast<int>(c.nHeadKv);
+    args.D = static_cast<int>(c.headDim);
+    args.scale = 1.0f / std::sqrt(static_cast<float>(c.headDim));
+    return args;
+  }
   AttentionShape attentionShape(int64_t T) const {
     const ModelConfig& c = model->config();
     return {T, c.nHead, c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), queryTile};
@@ -197,14 +242,22 @@ struct CudaEngine::State {
   void validateRows(const std::vector<Row>& rows, bool needTargets) const;
   void prepareRow(const Row& row);
   void embed(const Row& row);
-  void baseForward(const DeviceMatrix& weight, const float* bias, const float* inp, float* out, int64_t T);
-  void baseBackwardInput(const DeviceMatrix& weight, const float* dout, float* dinp, int64_t T, bool accumulate);
+  void dequantizeLayer(int64_t layer);
+  void baseForward(int64_t layer, Projection p, const float* bias, const __nv_bfloat16* inp, float* out, int64_t T);
+  void baseBackwardInput(int64_t layer, Projection p, const float* dout, float* dinp, int64_t T, bool accumulate);
+  LayerActivations& activationsOf(int64_t layer) {
+    const int64_t firstKept = model->config().nLayer - static_cast<int64_t>(kept.size());
+    return layer >= firstKept ? kept[static_cast<size_t>(layer - firstKept)] : shared;
+  }
+  void addLayerActivations(BufferLayout& layout, LayerActivations& a, int64_t T) const;
   DropoutMask dropoutMask(const LoraAdapter& adapter) const;
   const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training);
-  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, bool training);
-  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, int64_t T,
                     bool training);
+  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
+                    const float* loraHidden, int64_t T, bool training);
   void layerForward(int64_t layer, int64_t T, bool training);
+  void rebuildLayerScratch(int64_t layer, int64_t T);
   void layerBackward(int64_t layer, int64_t T, bool training);
   int64_t lossHead(const Row& row, bool withGradient);
   LossResult runRows(const std::vector<Row>& rows, bool withGradient, bool training);
@@ -298,22 +351,19 @@ void CudaEngine::State::plan() {
   loraLayout.add(m, P);
   loraLayout.add(v, P);
 
+  flash = flashAttentionSupports(c.headDim, c.nHead, c.nHeadKv);
   BufferLayout act(kAlignment);
   act.add(residual, (L + 1) * T * C);
+  addLayerActivations(act, shared, T);
   act.add(normed1, T * C);
   act.add(rstd1, T);
   act.add(q, T * QD);
   act.add(k, T * KD);
   act.add(vAct, T * KD);
   act.add(attn, T * QD);
-  act.add(lse, c.nHead * T);
-  act.add(residual2, T * C);
   act.add(normed2, T * C);
   act.add(rstd2, T);
-  act.add(gate, T * F);
-  act.add(up, T * F);
   act.add(hidden, T * F);
-  act.add(loraHidden, kProjectionCount * T * R);
   act.add(normedFinal, T * C);
   act.add(rstdFinal, T);
   act.add(ropeCache, T * c.headDim);
@@ -341,31 +391,33 @@ void CudaEngine::State::plan() {
   act.add(badRow, static_cast<int64_t>(matrices.size()));
 
   BufferLayout scratch(kAlignment);
-  scratch.add(weightBf16, std::max(largestLayerMatrix, vocabChunk * C));
+  for (int p = 0; p < kProjectionCount; ++p) scratch.add(layerWeights[p], model->layer(0).matrix[p]->nElements);
+  scratch.add(weightBf16, vocabChunk * C);
+  scratch.add(dAttnBf16, T * QD);
   scratch.add(inputBf16, T * widest);
   scratch.add(droppedInput, lora->options().dropout > 0.0f ? T * widest : 1);
   scratch.add(logitsChunk, T * vocabChunk);
   scratch.add(dlogits, T * vocabChunk);
-  const int64_t group = c.nHead / c.nHeadKv, D = c.headDim;
-  queryTile = attentionQueryTile(T, c.nHead);
-  AttentionWorkspace& aw = attentionWorkspace;
-  scratch.add(aw.q, c.nHeadKv * T * group * D);
-  scratch.add(aw.k, T * KD);
-  scratch.add(aw.v, T * KD);
-  scratch.add(aw.dout, c.nHeadKv * T * group * D);
-  scratch.add(aw.scores, c.nHeadKv * queryTile * group * T);
-  scratch.add(aw.dscores, c.nHeadKv * queryTile * group * T);
-  scratch.add(aw.probs, c.nHeadKv * queryTile * group * T);
-  scratch.add(aw.dprobs, c.nHeadKv * queryTile * group * T);
-  scratch.add(aw.tileOut, c.nHeadKv * queryTile * group * D);
-  scratch.add(aw.dkAcc, T * KD);
-  scratch.add(aw.dvAcc, T * KD);
+  if (!flash) {
+    const int64_t group = c.nHead / c.nHeadKv, D = c.headDim;
+    queryTile = attentionQueryTile(T, c.nHead);
+    AttentionWorkspace& aw = attentionWorkspace;
+    scratch.add(aw.q, c.nHeadKv * T * group * D);
+    scratch.add(aw.k, T * KD);
+    scratch.add(aw.v, T * KD);
+    scratch.add(aw.dout, c.nHeadKv * T * group * D);
+    scratch.add(aw.scores, c.nHeadKv * queryTile * group * T);
+    scratch.add(aw.dscores, c.nHeadKv * queryTile * group * T);
+    scratch.add(aw.probs, c.nHeadKv * queryTile * group * T);
+    scratch.add(aw.dprobs, c.nHeadKv * queryTile * group * T);
+    scratch.add(aw.tileOut, c.nHeadKv * queryTile * group * D);
+    scratch.add(aw.dkAcc, T * KD);
+    scratch.add(aw.dvAcc, T * KD);
+  }
 
   weightBytes = weights.bytes();
   loraBytes = loraLayout.bytes();
-  activationBytes = act.bytes();
   scratchBytes = scratch.bytes();
-  const size_t total = weightBytes + loraBytes + activationBytes + scratchBytes;
 
   size_t freeBytes = 0, totalBytes = 0;
   check(cudaMemGetInfo(&freeBytes, &totalBytes), "cudaMemGetInfo");
@@ -379,6 +431,20 @@ void CudaEngine::State::plan() {
     against = "usable on a " + gibibytes(static_cast<double>(card)) + " card (gpuMemoryBytes, less " +
               gibibytes(static_cast<double>(kContextReserveBytes)) + " for the CUDA context)";
   }
+  // keep as many layers' activations as the budget allows (the fused attention's layout only); the
+  // backward recomputes the others
+  BufferLayout oneLayer(kAlignment);
+  LayerActivations sizing;
+  addLayerActivations(oneLayer, sizing, T);
+  const size_t fixedBytes = weightBytes + loraBytes + act.bytes() + scratchBytes;
+  const size_t spare = available > fixedBytes + kKeptHeadroomBytes ? available - fixedBytes - kKeptHeadroomBytes : 0;
+  int64_t keep = flash ? std::min<int64_t>(L, static_cast<int64_t>(spare / oneLayer.bytes())) : 0;
+  if (options.maxKeptLayers >= 0) keep = std::min(keep, options.maxKeptLayers);
+  kept.assign(static_cast<size_t>(keep), LayerActivations{});
+  for (LayerActivations& layer : kept) addLayerActivations(act, layer, T);
+  activationBytes = act.bytes();
+  keptLayerBytes = oneLayer.bytes();
+  const size_t total = weightBytes + loraBytes + activationBytes + scratchBytes;
   if (total > available) {
     throw Error("the CUDA memory plan needs " + gibibytes(static_cast<double>(total)) + " (weights " +
                 gibibytes(static_cast<double>(weightBytes)) + ", LoRA " + gibibytes(static_cast<double>(loraBytes)) +
@@ -434,15 +500,23 @@ void CudaEngine::State::plan() {
   zero(params, loraBytes);
   upload(params, initial.data(), sizeof(float) * initial.size());
   synchronize();
+  recordDeviceUse();
 }
 
 std::vector<std::pair<std::string, double>> CudaEngine::memoryPlan() const {
   const State& s = *state_;
+  const int64_t L = s.model->config().nLayer, keptLayers = static_cast<int64_t>(s.kept.size());
   return {{"weights", static_cast<double>(s.weightBytes)},
           {"lora", static_cast<double>(s.loraBytes)},
           {"activations", static_cast<double>(s.activationBytes)},
           {"scratch", static_cast<double>(s.scratchBytes)},
-          {"total", static_cast<double>(s.weightBytes + s.loraBytes + s.activationBytes + s.scratchBytes)}};
+          {"total", static_cast<double>(s.weightBytes + s.loraBytes + s.activationBytes + s.scratchBytes)},
+          // layers whose activations stay from the forward (the rest are recomputed in the backward)
+          {"keptLayers", static_cast<double>(keptLayers)},
+          {"recomputedLayers", static_cast<double>(L - keptLayers)},
+          {"keptLayerBytes", static_cast<double>(s.keptLayerBytes)},
+          // the most device memory in use, measured (cudaMemGetInfo: every process's allocations)
+          {"deviceUsedPeak", static_cast<double>(s.devicePeakBytes)}};
 }
 
 void CudaEngine::requestAbort() { state_->abortRequested.store(true); }
@@ -475,6 +549,7 @@ void CudaEngine::State::prepareRow(const Row& row) {
   upload(ropeCache, cache.data(), sizeof(float) * cache.size());
   upload(seqStart, starts.data(), sizeof(int32_t) * starts.size());
   hostSeqStart = std::move(starts);
+  workingLayer = -1;  // the per-layer values are a previous row's
   upload(tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
 }
 
@@ -485,26 +560,52 @@ void CudaEngine::State::embed(const Row& row) {
                         static_cast<int64_t>(row.tokens.size()), stream);
 }
 
-void CudaEngine::State::baseForward(const DeviceMatrix& weight, const float* bias, const float* inp, float* out,
+void CudaEngine::State::addLayerActivations(BufferLayout& layout, LayerActivations& a, int64_t T) const {
+  const ModelConfig& c = model->config();
+  const int64_t QD = c.qDim(), KD = c.kvDim();
+  layout.add(a.q, T * QD);
+  layout.add(a.k, T * KD);
+  layout.add(a.v, T * KD);
+  layout.add(a.attn, T * QD);
+  layout.add(a.lse, c.nHead * T);
+  layout.add(a.residual2, T * c.nEmbd);
+  layout.add(a.gate, T * c.nFf);
+  layout.add(a.up, T * c.nFf);
+  layout.add(a.loraHidden, kProjectionCount * T * lora->options().rank);
+}
+
+// The layer's seven matrices in bf16, decoded once for the forward, and once for the recompute and
+// the backward together (the backward of a layer follows its recompute directly).
+void CudaEngine::State::dequantizeLayer(int64_t l) {
+  if (cachedLayer == l) return;
+  const DeviceLayer& layer = layers[static_cast<size_t>(l)];
+  for (int p = 0; p < kProjectionCount; ++p) {
+    const MappedTensor& w = *layer.matrix[p].host;
+    dequantize_rows_bf16(layerWeights[p], layer.matrix[p].data, static_cast<uint32_t>(w.type),
+                         static_cast<int64_t>(w.rowBytes), w.rowLength, 0, w.nRows, stream);
+  }
+  cachedLayer = l;
+}
+
+// out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
+void CudaEngine::State::baseForward(int64_t l, Projection p, const float* bias, const __nv_bfloat16* inp, float* out,
                                     int64_t T) {
-  const MappedTensor& w = *weight.host;
+  const MappedTensor& w = *layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
-  to_bf16(inputBf16, inp, T * K, stream);
-  dequantize_rows_bf16(weightBf16, weight.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes), K, 0,
-                       N, stream);
-  gemm_bf16(cublas, false, true, T, N, K, 1.0f, inputBf16, K, weightBf16, K, 0.0f, out, N);  // (T, N)
+  dequantizeLayer(l);
+  gemm_bf16(cublas, false, true, T, N, K, 1.0f, inp, K, layerWeights[static_cast<int>(p)], K, 0.0f, out, N);
   if (bias) add_bias(out, bias, T, N, stream);
 }
 
-void CudaEngine::State::baseBackwardInput(const DeviceMatrix& weight, const float* dout, float* dinp, int64_t T,
+void CudaEngine::State::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
                                           bool accumulate) {
-  const MappedTensor& w = *weight.host;
+  const MappedTensor& w = *layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
   to_bf16(inputBf16, dout, T * N, stream);
-  dequantize_rows_bf16(weightBf16, weight.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes), K, 0,
-                       N, stream);
+  dequantizeLayer(l);
   // dinp (T, K) (+)= dout (T, N) · W (N, K)
-  gemm_bf16(cublas, false, false, T, K, N, 1.0f, inputBf16, N, weightBf16, K, accumulate ? 1.0f : 0.0f, dinp, K);
+  gemm_bf16(cublas, false, false, T, K, N, 1.0f, inputBf16, N, layerWeights[static_cast<int>(p)], K,
+            accumulate ? 1.0f : 0.0f, dinp, K);
 }
 
 DropoutMask CudaEngine::State::dropoutMask(const LoraAdapter& adapter) const {
@@ -522,8 +623,8 @@ const float* CudaEngine::State::loraInput(const LoraAdapter& adapter, const floa
   return droppedInput;
 }
 
-void CudaEngine::State::loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T,
-                                    bool training) {
+void CudaEngine::State::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
+                                    int64_t T, bool training) {
   const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
   const float* x = loraInput(adapter, inp, T, training);                                   // (T, K)
   float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
@@ -533,7 +634,7 @@ void CudaEngine::State::loraForward(const LoraAdapter& adapter, const float* inp
 }
 
 void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                                     int64_t T, bool training) {
+                                     const float* loraHidden, int64_t T, bool training) {
   const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
   const float scale = lora->scale();
   const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
@@ -544,6 +645,7 @@ void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* in
   gemm_f32(cublas, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, dLoraHidden, R);
   // dA (R, K) += dh (T, R)ᵀ · x (T, K)
   gemm_f32(cublas, true, false, R, K, T, 1.0f, dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  if (!dinp) return;  // the layer's input gradient is not wanted
   if (x == inp) {
     gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 1.0f, dinp, K);
     return;
@@ -556,68 +658,114 @@ void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* in
 void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
   const ModelConfig& c = model->config();
   const DeviceLayer& w = layers[static_cast<size_t>(l)];
-  const int64_t C = c.nEmbd, F = c.nFf;
+  const int64_t C = c.nEmbd, F = c.nFf, QD = c.qDim(), KD = c.kvDim();
   const float* x = residual + l * T * C;   // (T, C) layer input
   float* next = residual + (l + 1) * T * C;  // (T, C) layer output
+  LayerActivations& a = activationsOf(l);
   auto adapterOf = [&](Projection p) { return lora->find(l, p); };
 
   rmsnorm_forward(normed1, rstd1, x, w.attnNorm, T, C, c.rmsEps, stream);
+  to_bf16(inputBf16, normed1, T * C, stream);  // shared by the three products
   float* qkv[3] = {q, k, vAct};
   for (int p = 0; p < 3; ++p) {
-    baseForward(w.matrix[p], w.bias[p], normed1, qkv[p], T);
-    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p))) loraForward(*adapter, normed1, qkv[p], T, training);
+    baseForward(l, static_cast<Projection>(p), w.bias[p], inputBf16, qkv[p], T);
+    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
+      loraForward(*adapter, normed1, qkv[p], a.loraHidden, T, training);
   }
   rope_forward(q, ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream);
   rope_forward(k, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
-  attention_forward(attn, lse, q, k, vAct, seqStart, hostSeqStart.data(), attentionShape(T), attentionWorkspace,
-                    cublas, stream);
-  baseForward(w.matrix[static_cast<int>(Projection::O)], nullptr, attn, residual2, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::O)) loraForward(*adapter, attn, residual2, T, training);
-  add_inplace(residual2, x, T * C, stream);
+  to_bf16(a.q, q, T * QD, stream);
+  to_bf16(a.k, k, T * KD, stream);
+  to_bf16(a.v, vAct, T * KD, stream);
+  if (flash) {
+    flash_attention_forward(flashArgs(a, T), stream);
+    to_f32(attn, a.attn, T * QD, stream);
+  } else {
+    attention_forward(attn, a.lse, q, k, vAct, seqStart, hostSeqStart.data(), attentionShape(T), attentionWorkspace,
+                      cublas, stream);
+    to_bf16(a.attn, attn, T * QD, stream);
+  }
+  baseForward(l, Projection::O, nullptr, a.attn, a.residual2, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::O))
+    loraForward(*adapter, attn, a.residual2, a.loraHidden, T, training);
+  add_inplace(a.residual2, x, T * C, stream);
 
-  rmsnorm_forward(normed2, rstd2, residual2, w.ffnNorm, T, C, c.rmsEps, stream);
-  baseForward(w.matrix[static_cast<int>(Projection::Gate)], nullptr, normed2, gate, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Gate)) loraForward(*adapter, normed2, gate, T, training);
-  baseForward(w.matrix[static_cast<int>(Projection::Up)], nullptr, normed2, up, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Up)) loraForward(*adapter, normed2, up, T, training);
-  swiglu_forward(hidden, gate, up, T * F, stream);
-  baseForward(w.matrix[static_cast<int>(Projection::Down)], nullptr, hidden, next, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Down)) loraForward(*adapter, hidden, next, T, training);
-  add_inplace(next, residual2, T * C, stream);
+  rmsnorm_forward(normed2, rstd2, a.residual2, w.ffnNorm, T, C, c.rmsEps, stream);
+  to_bf16(inputBf16, normed2, T * C, stream);  // shared by gate and up
+  baseForward(l, Projection::Gate, nullptr, inputBf16, a.gate, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
+    loraForward(*adapter, normed2, a.gate, a.loraHidden, T, training);
+  baseForward(l, Projection::Up, nullptr, inputBf16, a.up, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
+    loraForward(*adapter, normed2, a.up, a.loraHidden, T, training);
+  swiglu_forward(hidden, a.gate, a.up, T * F, stream);
+  to_bf16(inputBf16, hidden, T * F, stream);
+  baseForward(l, Projection::Down, nullptr, inputBf16, next, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
+    loraForward(*adapter, hidden, next, a.loraHidden, T, training);
+  add_inplace(next, a.residual2, T * C, stream);
+  workingLayer = l;
+}
+
+// A kept layer's backward needs the values its forward rebuilt per layer: the norms, SwiGLU's
+// product and the fp32 attention output, from its input and its kept activations.
+void CudaEngine::State::rebuildLayerScratch(int64_t l, int64_t T) {
+  const ModelConfig& c = model->config();
+  const DeviceLayer& w = layers[static_cast<size_t>(l)];
+  const LayerActivations& a = activationsOf(l);
+  rmsnorm_forward(normed1, rstd1, residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream);
+  rmsnorm_forward(normed2, rstd2, a.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream);
+  swiglu_forward(hidden, a.gate, a.up, T * c.nFf, stream);
+  to_f32(attn, a.attn, T * c.qDim(), stream);
+  workingLayer = l;
 }
 
 void CudaEngine::State::layerBackward(int64_t l, int64_t T, bool training) {
   const ModelConfig& c = model->config();
   const DeviceLayer& w = layers[static_cast<size_t>(l)];
   const int64_t C = c.nEmbd, F = c.nFf;
+  LayerActivations& a = activationsOf(l);
   auto adapterOf = [&](Projection p) { return lora->find(l, p); };
-  layerForward(l, T, training);  // recompute this layer's activations from its saved input
+  if (workingLayer != l) {
+    if (&a == &shared) layerForward(l, T, training);  // recompute this layer from its saved input
+    else rebuildLayerScratch(l, T);
+  }
   const float* x = residual + l * T * C;  // (T, C)
+  const bool inputGradient = l > 0;  // the embeddings are frozen: layer 0's input gradient has no use
 
   // FFN: dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
-  baseBackwardInput(w.matrix[static_cast<int>(Projection::Down)], dResidual, dHidden, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Down)) loraBackward(*adapter, hidden, dResidual, dHidden, T, training);
-  swiglu_backward(gate, up, dHidden, gate, up, T * F, stream);  // gate, up now hold their gradients
-  baseBackwardInput(w.matrix[static_cast<int>(Projection::Gate)], gate, dNormed, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Gate)) loraBackward(*adapter, normed2, gate, dNormed, T, training);
-  baseBackwardInput(w.matrix[static_cast<int>(Projection::Up)], up, dNormed, T, true);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Up)) loraBackward(*adapter, normed2, up, dNormed, T, training);
-  rmsnorm_backward(dResidual, dNormed, residual2, w.ffnNorm, rstd2, T, C, stream);
+  baseBackwardInput(l, Projection::Down, dResidual, dHidden, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
+    loraBackward(*adapter, hidden, dResidual, dHidden, a.loraHidden, T, training);
+  swiglu_backward(a.gate, a.up, dHidden, a.gate, a.up, T * F, stream);  // gate, up now hold their gradients
+  baseBackwardInput(l, Projection::Gate, a.gate, dNormed, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
+    loraBackward(*adapter, normed2, a.gate, dNormed, a.loraHidden, T, training);
+  baseBackwardInput(l, Projection::Up, a.up, dNormed, T, true);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
+    loraBackward(*adapter, normed2, a.up, dNormed, a.loraHidden, T, training);
+  rmsnorm_backward(dResidual, dNormed, a.residual2, w.ffnNorm, rstd2, T, C, stream);
 
   // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  baseBackwardInput(w.matrix[static_cast<int>(Projection::O)], dResidual, dAttn, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::O)) loraBackward(*adapter, attn, dResidual, dAttn, T, training);
-  attention_backward(dq, dk, dv, rowDots, dAttn, q, k, vAct, attn, lse, seqStart, hostSeqStart.data(),
-                     attentionShape(T), attentionWorkspace, cublas, stream);
+  baseBackwardInput(l, Projection::O, dResidual, dAttn, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::O))
+    loraBackward(*adapter, attn, dResidual, dAttn, a.loraHidden, T, training);
+  if (flash) {
+    to_bf16(dAttnBf16, dAttn, T * c.qDim(), stream);
+    flash_attention_backward(flashArgs(a, T), {dAttnBf16, dq, dk, dv, rowDots}, stream);
+  } else {
+    attention_backward(dq, dk, dv, rowDots, dAttn, q, k, vAct, attn, a.lse, seqStart, hostSeqStart.data(),
+                       attentionShape(T), attentionWorkspace, cublas, stream);
+  }
   rope_backward(dq, ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream);
   rope_backward(dk, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
   float* dqkv[3] = {dq, dk, dv};
   for (int p = 0; p < 3; ++p) {
-    baseBackwardInput(w.matrix[p], dqkv[p], dNormed, T, p > 0);
+    if (inputGradient) baseBackwardInput(l, static_cast<Projection>(p), dqkv[p], dNormed, T, p > 0);
     if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
-      loraBackward(*adapter, normed1, dqkv[p], dNormed, T, training);
+      loraBackward(*adapter, normed1, dqkv[p], inputGradient ? dNormed : nullptr, a.loraHidden, T, training);
   }
-  rmsnorm_backward(dResidual, dNormed, x, w.attnNorm, rstd1, T, C, stream);
+  if (inputGradient) rmsnorm_backward(dResidual, dNormed, x, w.attnNorm, rstd1, T, C, stream);
 }
 
 // Final norm, lm_head and cross-entropy over the row's target positions, adding the loss to
@@ -735,6 +883,7 @@ StepResult CudaEngine::step(const std::vector<Row>& rows, float lr) {
     hyper.gradScale = static_cast<float>(gradScale);
     adamw_update(s.params, s.m, s.v, s.grads, P, hyper, s.stream);
     s.synchronize();
+    s.recordDeviceUse();
     return {loss.lossSum, loss.tokens, gradNorm};
   });
 }
@@ -744,6 +893,7 @@ LossResult CudaEngine::evaluate(const std::vector<Row>& rows) {
   return s.guarded("evaluate", [&]() -> LossResult {
     s.validateRows(rows, true);
     const LossResult loss = s.runRows(rows, false, false);
+    s.recordDeviceUse();
     if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite during evaluate");
     return loss;
   });

@@ -38,6 +38,7 @@ struct EngineOptions {
   int64_t maxTokens = 0;
   std::string device = "cpu";  // "cpu" or "cuda": engine/cuda_dispatch.h picks the engine
   int64_t gpuMemoryBytes = 0;  // cuda: plan against a card of this size instead of the free memory (0)
+  int64_t maxKeptLayers = -1;  // cuda: keep at most this many layers' activations (-1: as many as fit)
 };
 
 // One row of a batch: packed sequences; targets are -1 where a position has no loss.

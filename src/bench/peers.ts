@@ -72,9 +72,36 @@ export function runPeftBaseline(options: {
       VOCAB: String(options.shape.vocab),
     });
   }
+  const measurements: PeftMeasurement[] = [];
+  return jsonLines(options.python, [options.script], env, (record, line) => {
+    options.onLine?.(line);
+    if (typeof record.seq === "number" && typeof record.tok_s === "number" && typeof record.step_s === "number") {
+      measurements.push({
+        seq: record.seq,
+        tokensPerSecond: record.tok_s,
+        stepSeconds: record.step_s,
+        peakGiB: typeof record.peak_GiB === "number" ? record.peak_GiB : null,
+      });
+    }
+  }).then(
+    (failure) => (failure === undefined ? { measurements } : { measurements, failure }),
+    (error: Error) => Promise.reject(new BenchPeerError(`${error.message}; pass --python PATH or --no-peft`)),
+  );
+}
+
+/**
+ * Runs a program and hands each JSON object it prints on stdout to onRecord (other lines are skipped:
+ * libraries may print plain text). Resolves with undefined on exit code 0, else with the reason and
+ * the end of stderr, so a run that dies part-way keeps what it measured.
+ */
+export function jsonLines(
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  onRecord: (record: Record<string, unknown>, line: string) => void,
+): Promise<string | undefined> {
   return new Promise((resolve, reject) => {
-    const child = spawn(options.python, [options.script], { env, stdio: ["ignore", "pipe", "pipe"] });
-    const measurements: PeftMeasurement[] = [];
+    const child = spawn(command, args, { env, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     child.stdout.on("data", (chunk: Buffer) => {
@@ -83,36 +110,58 @@ export function runPeftBaseline(options: {
       while ((newline = stdout.indexOf("\n")) >= 0) {
         const line = stdout.slice(0, newline).trim();
         stdout = stdout.slice(newline + 1);
-        if (line === "") continue;
-        options.onLine?.(line);
+        if (!line.startsWith("{")) continue;
         let record: Record<string, unknown>;
         try {
           record = JSON.parse(line) as Record<string, unknown>;
         } catch {
-          continue; // the script's libraries may print plain text
+          continue;
         }
-        if (typeof record.seq === "number" && typeof record.tok_s === "number" && typeof record.step_s === "number") {
-          measurements.push({
-            seq: record.seq,
-            tokensPerSecond: record.tok_s,
-            stepSeconds: record.step_s,
-            peakGiB: typeof record.peak_GiB === "number" ? record.peak_GiB : null,
-          });
-        }
+        onRecord(record, line);
       }
     });
     child.stderr.on("data", (chunk: Buffer) => {
       stderr = (stderr + chunk.toString()).slice(-4000);
     });
-    child.on("error", (error) => reject(new BenchPeerError(`cannot start ${options.python} ${options.script}: ${error.message}; pass --python PATH or --no-peft`)));
+    child.on("error", (error) => reject(new Error(`cannot start ${command} ${args.join(" ")}: ${error.message}`)));
     child.on("close", (code) => {
-      if (code === 0) resolve({ measurements });
-      else {
-        const tail = stderr.trim().split("\n").slice(-3).join(" | ");
-        resolve({ measurements, failure: `${path.basename(options.script)} exited with ${code}: ${tail}` });
-      }
+      if (code === 0) resolve(undefined);
+      else resolve(`${path.basename(args[0] ?? command)} exited with ${code}: ${stderr.trim().split("\n").slice(-3).join(" | ")}`);
     });
   });
+}
+
+/** torch's scaled_dot_product_attention (flash and cuDNN backends) at our attention shape: ../shared/bench/sdpa_attention.py. */
+export interface SdpaMeasurement {
+  seq: number;
+  flashForwardBackwardTflops: number | null;
+  cudnnForwardBackwardTflops: number | null;
+}
+
+export function defaultSdpaScript(projectRoot: string): string {
+  return path.join(path.dirname(defaultPeftScript(projectRoot)), "sdpa_attention.py");
+}
+
+export async function runSdpaBaseline(options: {
+  python: string;
+  script: string;
+  seqs: number[];
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+}): Promise<{ measurements: SdpaMeasurement[]; failure?: string }> {
+  if (!existsSync(options.script)) throw new BenchPeerError(`the attention peer script ${options.script} is missing; pass --no-attention to skip it`);
+  const env = { ...process.env, SEQS: options.seqs.join(","), HEADS: String(options.heads), KV_HEADS: String(options.kvHeads), HEAD_DIM: String(options.headDim) };
+  const measurements: SdpaMeasurement[] = [];
+  const tflops = (backend: unknown) => {
+    const value = (backend as { fwd_bwd_tflops?: unknown } | undefined)?.fwd_bwd_tflops;
+    return typeof value === "number" ? value : null;
+  };
+  const failure = await jsonLines(options.python, [options.script], env, (record) => {
+    if (typeof record.seq !== "number") return;
+    measurements.push({ seq: record.seq, flashForwardBackwardTflops: tflops(record.flash), cudnnForwardBackwardTflops: tflops(record.cudnn) });
+  });
+  return failure === undefined ? { measurements } : { measurements, failure };
 }
 
 export interface LlamaCppForward {

@@ -13,8 +13,8 @@ import type { Token } from "node-llama-cpp";
 import { resolveSynthOptions, synthParameterCount, writeSynthModel, type SynthInput, type SynthOptions } from "../gguf/synth.js";
 import { loadNativeAddon, type GgmlTypeName, type NativeRow } from "../native/addon.js";
 import { Engine, loraTargets } from "../train/engine.js";
-import { defaultPeftScript, defaultPython, llamaCppPromptEvaluation, runPeftBaseline, type PeftRun, type PeftShape } from "./peers.js";
-import type { BenchRecord } from "./results.js";
+import { defaultPeftScript, defaultPython, defaultSdpaScript, jsonLines, llamaCppPromptEvaluation, runPeftBaseline, runSdpaBaseline, type PeftRun, type PeftShape } from "./peers.js";
+import type { AnyBenchRecord, AttentionRecord, BenchRecord } from "./results.js";
 
 const run = promisify(execFile);
 export const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
@@ -266,6 +266,42 @@ export interface CudaBenchOptions extends CommonBenchOptions {
   peakTflops?: number;
   /** plan as if the GPU had this many bytes (--gpu-memory 24GiB) */
   gpuMemoryBytes?: number;
+  /** also time the fused attention alone beside torch SDPA (default true) */
+  attention?: boolean;
+}
+
+/** The fused attention's timing program, built next to the addon with the CUDA engine. */
+export const attentionProgram = path.join(projectRoot, "build", "Release", "thinktune_attention_check");
+
+/** thinktune's attention forward + backward alone at the model's attention shape, beside torch SDPA's flash and cuDNN backends. */
+async function attentionBench(options: CudaBenchOptions, synth: SynthOptions, record: Pick<AttentionRecord, "date" | "machine" | "gpu" | "commit">): Promise<AttentionRecord[]> {
+  if (!existsSync(attentionProgram)) throw new BenchError(`${attentionProgram} is missing: it is built with the CUDA engine (THINKTUNE_CUDA=on npm run build:native), or pass --no-attention`);
+  const heads = synth.nHead, kvHeads = synth.nHeadKv, headDim = synth.nEmbd / synth.nHead;
+  options.progress(`attention forward + backward at ${heads}/${kvHeads} heads, head dim ${headDim}: thinktune's fused kernels, then torch SDPA`);
+  const ours: Record<string, unknown>[] = [];
+  const failure = await jsonLines(attentionProgram, ["--no-check", "--seqs", options.seqs.join(",")], process.env, (line) => {
+    ours.push(line);
+    options.progress(`  thinktune seq ${String(line.seq)}: ${String(line.fwd_bwd_tflops)} TFLOP/s forward + backward`);
+  });
+  if (failure) throw new BenchError(`the attention timing failed: ${failure}`);
+  const sdpa = await runSdpaBaseline({ python: options.python ?? defaultPython(projectRoot), script: defaultSdpaScript(projectRoot), seqs: options.seqs, heads, kvHeads, headDim });
+  if (sdpa.failure) options.progress(`  torch SDPA stopped early: ${sdpa.failure}`);
+  return ours.map((line) => {
+    const seq = Number(line.seq);
+    const peer = sdpa.measurements.find((measurement) => measurement.seq === seq);
+    return {
+      kind: "attention" as const,
+      ...record,
+      seq,
+      heads,
+      kvHeads,
+      headDim,
+      forwardTflops: Number(line.fwd_tflops),
+      forwardBackwardTflops: Number(line.fwd_bwd_tflops),
+      sdpaFlashTflops: peer?.flashForwardBackwardTflops ?? null,
+      sdpaCudnnTflops: peer?.cudnnForwardBackwardTflops ?? null,
+    };
+  });
 }
 
 /** Dense bf16 tensor-core peaks (TFLOP/s) of the GPUs we know, for model-FLOPs utilization. */
@@ -291,7 +327,7 @@ export function trainingFlopsPerToken(options: SynthOptions, seq: number): numbe
 }
 
 /** `--device cuda`: the 7B preset at each type and length, beside PEFT (bf16) on the same GPU. */
-export async function runCudaBench(options: CudaBenchOptions): Promise<BenchRecord[]> {
+export async function runCudaBench(options: CudaBenchOptions): Promise<AnyBenchRecord[]> {
   checkBenchOptions(options);
   const addon = loadNativeAddon();
   const devices = typeof addon.cudaDeviceCount === "function" ? addon.cudaDeviceCount() : 0;
@@ -321,7 +357,12 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<BenchReco
         const row = trainingRow(tokens);
         const step = await timeMean(options.steps, 2, () => engine.step([row], learningRate));
         const mfu = peakTflops ? (trainingFlopsPerToken(synth, seq) * (seq / step)) / (peakTflops * 1e12) : null;
-        options.progress(`  seq ${seq}: LoRA step ${(seq / step).toFixed(1)} tokens/s (${step.toFixed(3)} s), forward ${(seq / forward).toFixed(1)} tokens/s, plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB`);
+        const plan = engine.memoryPlan();
+        const measuredPeak = plan.deviceUsedPeak ?? null;
+        options.progress(
+          `  seq ${seq}: LoRA step ${(seq / step).toFixed(1)} tokens/s (${step.toFixed(3)} s), forward ${(seq / forward).toFixed(1)} tokens/s, ` +
+            `plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB (${plan.keptLayers ?? 0} of ${synth.nLayer} layers kept), measured ${measuredPeak === null ? "–" : (measuredPeak / 2 ** 30).toFixed(2)} GiB`,
+        );
         measured.push({
           date: options.date,
           machine,
@@ -338,6 +379,9 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<BenchReco
           forwardTokensPerSecond: round(seq / forward),
           llamaCppForwardTokensPerSecond: null,
           peakGiB: round(peakBytes / 2 ** 30, 2),
+          measuredPeakGiB: measuredPeak === null ? null : round(measuredPeak / 2 ** 30, 2),
+          gpuMemoryGiB: options.gpuMemoryBytes ? round(options.gpuMemoryBytes / 2 ** 30, 2) : null,
+          keptLayers: plan.keptLayers ?? null,
           mfu: mfu === null ? null : round(mfu, 4),
         });
       } finally {
@@ -347,10 +391,12 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<BenchReco
   }
   // peft_lora.py's default shape is the 7B preset's; bf16 base on the GPU
   const peft = shapeOptions ? await peftBaseline(options, "cuda", peftShape(shapeOptions)) : undefined;
-  return measured.map((record) => {
+  const training = measured.map((record) => {
     const peer = peft?.measurements.find((measurement) => measurement.seq === record.seq);
     return { ...record, peftTokensPerSecond: peer ? peer.tokensPerSecond : null, peftPeakGiB: peer ? peer.peakGiB : null };
   });
+  const attention = shapeOptions && options.attention !== false ? await attentionBench(options, shapeOptions, { date: options.date, machine, gpu, commit }) : [];
+  return [...training, ...attention];
 }
 
 function round(value: number, digits = 1): number {

@@ -3,7 +3,7 @@
 import os from "node:os";
 import path from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
-import { appendBenchRecords, readBenchRecords, renderResultsMarkdown, writeResultsMarkdown, type BenchRecord } from "../bench/results.js";
+import { appendBenchRecords, readBenchRecords, renderResultsMarkdown, writeResultsMarkdown, type AnyBenchRecord } from "../bench/results.js";
 import { projectRoot, runCpuBench, runCudaBench } from "../bench/run.js";
 import { ggmlTypeNames } from "../gguf/ggml-types.js";
 import type { GgmlTypeName } from "../native/addon.js";
@@ -25,6 +25,7 @@ interface BenchFlags {
   commit?: string;
   peakTflops?: number;
   gpuMemory?: number;
+  attention: boolean;
   results: string;
   record: boolean;
 }
@@ -88,6 +89,7 @@ export function registerBenchCommand(program: Command): void {
     .option("--commit <id>", "commit of the record (default: git rev-parse --short HEAD, -dirty with local changes)")
     .option("--peak-tflops <x>", "dense bf16 peak of the GPU, for MFU (default known for H100, H200, A100)", positiveNumberArgument)
     .option("--gpu-memory <size>", "cuda: plan as if the GPU had this much memory (e.g. 24GiB); a plan that does not fit is refused", byteSizeArgument)
+    .option("--no-attention", "cuda: skip timing the fused attention alone beside torch SDPA")
     .option("--results <dir>", "folder of results.jsonl and RESULTS.md", path.join(projectRoot, "bench"))
     .option("--no-record", "print the measurements without writing the results files")
     .action(async (flags: BenchFlags) => {
@@ -106,10 +108,10 @@ export function registerBenchCommand(program: Command): void {
           process.stderr.write(`${message}\n`);
         },
       };
-      const records: BenchRecord[] =
+      const records: AnyBenchRecord[] =
         flags.device === "cpu"
           ? await runCpuBench({ ...common, threads: flags.threads, llamaCpp: flags.llamaCpp, forwardRepeats: flags.forwardRepeats })
-          : await runCudaBench({ ...common, peakTflops: flags.peakTflops, gpuMemoryBytes: flags.gpuMemory });
+          : await runCudaBench({ ...common, peakTflops: flags.peakTflops, gpuMemoryBytes: flags.gpuMemory, attention: flags.attention });
       if (flags.record) {
         const jsonl = path.join(flags.results, "results.jsonl");
         await appendBenchRecords(jsonl, records);

@@ -64,6 +64,8 @@ export interface NativeEngineOptions {
   maxTokens: number;
   /** CUDA only: act as a card with this many bytes */
   gpuMemoryBytes?: number;
+  /** CUDA only: keep at most this many layers' activations from the forward (default: as many as the budget fits; 0 recomputes every layer) */
+  maxKeptLayers?: number;
   /** the file's tensor data alignment (general.alignment, 32 when absent): offsets are checked against it */
   alignment?: number;
   /** arithmetic of the base-weight matmuls: "fp32" (default, the reference) or "bf16" (AVX512-BF16 CPUs, about 2x faster) */

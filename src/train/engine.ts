@@ -30,6 +30,8 @@ export const engineOptionsSchema = z
     precision: z.enum(["fp32", "bf16"]).default("fp32"),
     /** CUDA only: plan as if the GPU had this many bytes (e.g. a 24 GB card on a bigger one) */
     gpuMemoryBytes: positiveInteger.optional(),
+    /** CUDA only: keep at most this many layers' activations (default: as many as the memory budget fits; 0 = lean, recompute every layer) */
+    maxKeptLayers: z.number().int().min(0).optional(),
     /** longest row (tokens) a batch may hold; defaults to min(2048, the model's context length) */
     maxTokens: positiveInteger.optional(),
     lora: z
@@ -147,6 +149,7 @@ export class Engine {
       optimizer: resolved.optimizer,
       maxTokens,
       ...(resolved.gpuMemoryBytes === undefined ? {} : { gpuMemoryBytes: resolved.gpuMemoryBytes }),
+      ...(resolved.maxKeptLayers === undefined ? {} : { maxKeptLayers: resolved.maxKeptLayers }),
     };
     const native = await loadNativeAddon().Engine.create(nativeOptions);
     return new Engine(native, file.path, config, resolved);

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readGgufModel } from "../../src/gguf/read.js";
 import { modelConfigFromGguf } from "../../src/gguf/model-config.js";
 import { loadNativeAddon, type NativeEngineOptions } from "../../src/native/addon.js";
-import type { Engine } from "../../src/train/engine.js";
+import { Engine } from "../../src/train/engine.js";
 import { synthModel } from "../helpers/models.js";
 import { packedRow, randomTokens, randomizeLora } from "../native/engine-fixtures.js";
 import { cudaSkipReason, enginePair, relativeError } from "./cuda-support.js";
@@ -76,6 +76,53 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
       // the second tile starts inside the second sequence: its keys begin at that sequence's start
       const long = packedRow([randomTokens(700, model.nVocab, 21), randomTokens(500, model.nVocab, 22), randomTokens(300, model.nVocab, 23)], 3);
       const [expected, actual] = await Promise.all([pair.cpu.gradients([long]), pair.gpu.gradients([long])]);
+      expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
+      for (let i = 0; i < expected.tensors.length; i++) {
+        expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), expected.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
+      }
+    } finally {
+      pair.cpu.dispose();
+      pair.gpu.dispose();
+    }
+  });
+
+  it("layers kept from the forward and recomputed layers give the same loss and gradients", async () => {
+    const file = await synthModel({ ...model, nLayer: 3, arch: "qwen2", type: "Q4_K", seed: 406 });
+    const options = { maxTokens: 128, lora: { rank: 8, alpha: 16, dropout: 0.1 } };
+    const kept = await Engine.load(file, { ...options, device: "cuda" });
+    const recomputed = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 0 });
+    try {
+      expect(kept.memoryPlan().keptLayers).toBe(3);
+      expect(recomputed.memoryPlan().keptLayers).toBe(0);
+      expect(recomputed.memoryPlan().recomputedLayers).toBe(3);
+      expect(recomputed.memoryPlan().activations).toBeLessThan(kept.memoryPlan().activations!);
+      const lora = randomizeLora(kept, 9, 0.05);
+      kept.setLora(lora);
+      recomputed.setLora(lora);
+      const rows = [packedRow([randomTokens(70, model.nVocab, 31), randomTokens(45, model.nVocab, 32)], 6)];
+      // training steps (dropout on) then gradients: the kept path must see the same masks and values
+      for (let step = 0; step < 3; step++) {
+        const [a, b] = await Promise.all([kept.step(rows, 1e-3), recomputed.step(rows, 1e-3)]);
+        expect(Math.abs(a.lossSum - b.lossSum) / b.lossSum).toBeLessThanOrEqual(1e-5);
+      }
+      const [a, b] = await Promise.all([kept.gradients(rows), recomputed.gradients(rows)]);
+      for (let i = 0; i < b.tensors.length; i++) {
+        expect(relativeError(a.tensors[i]!.data, b.tensors[i]!.data), b.tensors[i]!.name).toBeLessThanOrEqual(1e-4);
+      }
+      expect(kept.memoryPlan().deviceUsedPeak).toBeGreaterThan(kept.memoryPlan().total!);
+    } finally {
+      kept.dispose();
+      recomputed.dispose();
+    }
+  });
+
+  it("head dimensions the fused attention does not take (32) use the tiled attention", async () => {
+    const file = await synthModel({ ...model, nHead: 8, nHeadKv: 2, arch: "qwen2", type: "Q8_0", seed: 407 });
+    const pair = await enginePair(file, { maxTokens: 96, lora: { rank: 4, alpha: 8 } });
+    try {
+      pair.gpu.setLora(randomizeLora(pair.cpu, 19, 0.05));
+      expect(pair.gpu.memoryPlan().keptLayers).toBe(0);
+      const [expected, actual] = await Promise.all([pair.cpu.gradients([row]), pair.gpu.gradients([row])]);
       expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
       for (let i = 0; i < expected.tensors.length; i++) {
         expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), expected.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);

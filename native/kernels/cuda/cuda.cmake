@@ -89,3 +89,12 @@ target_link_options(thinktune_cuda INTERFACE "LINKER:-rpath,${THINKTUNE_CUBLAS_L
 # into thinktune_core: a cycle of static libraries, which CMake links by repeating the group.
 target_compile_definitions(thinktune_core PUBLIC THINKTUNE_HAVE_CUDA)
 target_link_libraries(thinktune_core INTERFACE thinktune_cuda)
+
+# The fused attention's standalone check and timing program (bench/kernels/flash_attention_check.cu),
+# next to the addon: a GPU test runs its checks, and the CUDA bench its attention timings.
+add_executable(thinktune_attention_check ${CMAKE_SOURCE_DIR}/bench/kernels/flash_attention_check.cu
+               ${CMAKE_SOURCE_DIR}/native/kernels/cuda/flash_attention.cu)
+target_include_directories(thinktune_attention_check PRIVATE ${CMAKE_SOURCE_DIR}/native)
+target_compile_options(thinktune_attention_check PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3>)
+target_link_libraries(thinktune_attention_check PRIVATE CUDA::cudart_static)
+set_target_properties(thinktune_attention_check PROPERTIES RUNTIME_OUTPUT_DIRECTORY "${CMAKE_LIBRARY_OUTPUT_DIRECTORY}")

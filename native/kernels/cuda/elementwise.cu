@@ -31,6 +31,11 @@ __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* inp, int64_t n) 
   if (i < n) out[i] = __float2bfloat16(inp[i]);
 }
 
+__global__ void to_f32_kernel(float* out, const __nv_bfloat16* inp, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __bfloat162float(inp[i]);
+}
+
 __global__ void add_bias_kernel(float* out, const float* bias, int64_t T, int64_t N) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < T * N) out[i] += bias[i % N];
@@ -68,6 +73,12 @@ void to_bf16(__nv_bfloat16* out, const float* inp, int64_t n, cudaStream_t strea
   if (n == 0) return;
   to_bf16_kernel<<<blocksFor(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
   checkLaunch("to_bf16");
+}
+
+void to_f32(float* out, const __nv_bfloat16* inp, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  to_f32_kernel<<<blocksFor(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
+  checkLaunch("to_f32");
 }
 
 void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream) {

@@ -18,7 +18,8 @@ struct FlashAttentionArgs {
   const int32_t* seqStart = nullptr;  // (T) first position of each position's sequence
   int T = 0, nHead = 0, nHeadKv = 0, D = 0;
   float scale = 1.0f;                // applied to q·k
-  int forwardWarps = 4, backwardWarps = 4;  // 16 query rows (forward) or keys (backward) per warp
+  // 16 query rows (forward) or keys (backward) per warp; 8 and 8 measured fastest on an H200
+  int forwardWarps = 8, backwardWarps = 8;
 };
 
 struct FlashAttentionGradients {

@@ -45,6 +45,7 @@ void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_
 
 void add_inplace(float* a, const float* b, int64_t n, cudaStream_t stream);          // a (n) += b (n)
 void to_bf16(__nv_bfloat16* out, const float* inp, int64_t n, cudaStream_t stream);  // out (n) = inp (n)
+void to_f32(float* out, const __nv_bfloat16* inp, int64_t n, cudaStream_t stream);   // out (n) = inp (n)
 void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream);  // out (T, N) += bias (N)
 // out (n, C) = inp[rows[i]] (C) for i < n
 void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
