@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One GPU-machine session (the lent H200), run from the project root after ../shared/tools/device-prep
+# here: builds the CUDA engine, then runs the stages named on the command line, logs under $OUT.
+#   tests    the GPU tests (test/gpu: the CUDA engine against the CPU engine, the fused attention checks)
+#   profile  per-kernel time of one step of the 7B shape cut to 4 layers at 4096 tokens (ncu) → $OUT/profile.md
+#   bench    npm run bench at 1024, 4096 and 16384 tokens with a 24 GiB budget, and the lean 10 GiB
+#            plan at 4096, beside PEFT and torch SDPA → $OUT/bench/results.jsonl
+# COMMIT (the commit measured) is required for bench.
+set -uo pipefail
+source .device/env.sh
+OUT=${OUT:-/tmp/gpu-session}
+mkdir -p "$OUT"
+(CMAKE_CUDA_ARCHITECTURES=90 THINKTUNE_CUDA=on node scripts/build-native.mjs && npm run build:ts) > "$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+for stage in "$@"; do
+  case "$stage" in
+    tests)
+      npx vitest run test/gpu 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "✓|✗|×|FAIL|Tests|passed|failed" | tail -60 ;;
+    profile)
+      node dist/cli/main.js synth --preset r1-distill-qwen-7b --layers 4 --type Q4_K --seed 0 --out /tmp/cut.gguf > "$OUT/profile.log" 2>&1
+      ncu --clock-control none --metrics gpu__time_duration.sum --csv node bench/kernels/profile_step.mjs /tmp/cut.gguf 4096 \
+        > "$OUT/ncu.csv" 2>> "$OUT/profile.log"
+      node bench/kernels/ncu_summary.mjs "$OUT/ncu.csv" | tee "$OUT/profile.md" ;;
+    bench)
+      node dist/cli/main.js bench --device cuda --type Q4_K --seq 1024,4096,16384 --gpu-memory 24GiB --commit "$COMMIT" \
+        --results "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | grep -vE "^\|" | tail -30
+      node dist/cli/main.js bench --device cuda --type Q4_K --seq 4096 --gpu-memory 10GiB --no-attention --commit "$COMMIT" \
+        --results "$OUT/bench" 2>&1 | tee "$OUT/bench-lean.log" | grep -vE "^\|" | tail -12
+      tail -25 "$OUT/bench/RESULTS.md" ;;
+    *) echo "unknown stage $stage (tests, profile, bench)"; exit 2 ;;
+  esac
+done
