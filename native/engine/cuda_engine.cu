@@ -78,8 +78,8 @@ struct LayerActivations {
   __nv_bfloat16* attn = nullptr;  // (T, QD) attention output, O's input
   float* lse = nullptr;           // (nHead, T)
   float* residual2 = nullptr;     // (T, C) input of the feed-forward block
-  float* gate = nullptr;          // (T, F); d(gate) in backward
-  float* up = nullptr;            // (T, F); d(up) in backward
+  __nv_bfloat16* gate = nullptr;  // (T, F) gate projection, rounded
+  __nv_bfloat16* up = nullptr;    // (T, F) up projection, rounded
   float* loraHidden = nullptr;    // (7, T, R) x·Aᵀ of each adapter
 };
 
@@ -122,6 +122,8 @@ struct CudaEngine::State {
   float* attn = nullptr;       // (T, QD) fp32 copy of the attention output (O's LoRA input)
   float* normed2 = nullptr;    // (T, C)
   float* rstd2 = nullptr;      // (T)
+  float* gate = nullptr;       // (T, F) fp32 products (+LoRA) before they are rounded
+  float* up = nullptr;         // (T, F); d(up) in backward
   float* hidden = nullptr;     // (T, F)
   float* normedFinal = nullptr;  // (T, C)
   float* rstdFinal = nullptr;    // (T)
@@ -243,7 +245,11 @@ struct CudaEngine::State {
   void prepareRow(const Row& row);
   void embed(const Row& row);
   void dequantizeLayer(int64_t layer);
-  void baseForward(int64_t layer, Projection p, const float* bias, const __nv_bfloat16* inp, float* out, int64_t T);
+  void baseForward(int64_t layer, Projection p, const __nv_bfloat16* inp, float* out, int64_t T, bool accumulate);
+  void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
+                      float* loraHidden, int64_t T, bool training);
+  void projectBackward(int64_t layer, Projection p, const float* dout, const float* x, float* dinp,
+                       const float* loraHidden, int64_t T, bool accumulate, bool training);
   void baseBackwardInput(int64_t layer, Projection p, const float* dout, float* dinp, int64_t T, bool accumulate);
   LayerActivations& activationsOf(int64_t layer) {
     const int64_t firstKept = model->config().nLayer - static_cast<int64_t>(kept.size());
@@ -253,9 +259,9 @@ struct CudaEngine::State {
   DropoutMask dropoutMask(const LoraAdapter& adapter) const;
   const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training);
   void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, int64_t T,
-                    bool training);
+                    bool training, float beta);
   void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                    const float* loraHidden, int64_t T, bool training);
+                    const float* loraHidden, int64_t T, bool training, bool accumulate);
   void layerForward(int64_t layer, int64_t T, bool training);
   void rebuildLayerScratch(int64_t layer, int64_t T);
   void layerBackward(int64_t layer, int64_t T, bool training);
@@ -363,6 +369,8 @@ void CudaEngine::State::plan() {
   act.add(attn, T * QD);
   act.add(normed2, T * C);
   act.add(rstd2, T);
+  act.add(gate, T * F);
+  act.add(up, T * F);
   act.add(hidden, T * F);
   act.add(normedFinal, T * C);
   act.add(rstdFinal, T);
@@ -588,13 +596,34 @@ void CudaEngine::State::dequantizeLayer(int64_t l) {
 }
 
 // out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
-void CudaEngine::State::baseForward(int64_t l, Projection p, const float* bias, const __nv_bfloat16* inp, float* out,
-                                    int64_t T) {
+void CudaEngine::State::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp, float* out, int64_t T,
+                                    bool accumulate) {
   const MappedTensor& w = *layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
   dequantizeLayer(l);
-  gemm_bf16(cublas, false, true, T, N, K, 1.0f, inp, K, layerWeights[static_cast<int>(p)], K, 0.0f, out, N);
-  if (bias) add_bias(out, bias, T, N, stream);
+  gemm_bf16(cublas, false, true, T, N, K, 1.0f, inp, K, layerWeights[static_cast<int>(p)], K, accumulate ? 1.0f : 0.0f,
+            out, N);
+}
+
+// out (T, N) = x·Wᵀ + bias + the adapter's scale·x·Aᵀ·Bᵀ. The adapter's product goes first and the
+// base product adds to it, so out is written once by each instead of read back by the second.
+void CudaEngine::State::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
+                                       float* loraHidden, int64_t T, bool training) {
+  const LoraAdapter* adapter = lora->find(l, p);
+  if (adapter) loraForward(*adapter, x, out, loraHidden, T, training, 0.0f);
+  baseForward(l, p, xBf16, out, T, adapter != nullptr);
+  if (const float* bias = layers[static_cast<size_t>(l)].bias[static_cast<int>(p)]) {
+    add_bias(out, bias, T, layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host->nRows, stream);
+  }
+}
+
+// The adapter's gradients from dout; dinp (T, K) (+)= dout·W + the adapter's input gradient, unless
+// dinp is null (no input gradient wanted).
+void CudaEngine::State::projectBackward(int64_t l, Projection p, const float* dout, const float* x, float* dinp,
+                                        const float* loraHidden, int64_t T, bool accumulate, bool training) {
+  const LoraAdapter* adapter = lora->find(l, p);
+  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, T, training, accumulate);
+  if (dinp) baseBackwardInput(l, p, dout, dinp, T, accumulate || adapter != nullptr);
 }
 
 void CudaEngine::State::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
@@ -624,17 +653,17 @@ const float* CudaEngine::State::loraInput(const LoraAdapter& adapter, const floa
 }
 
 void CudaEngine::State::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
-                                    int64_t T, bool training) {
+                                    int64_t T, bool training, float beta) {
   const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
   const float* x = loraInput(adapter, inp, T, training);                                   // (T, K)
   float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
   gemm_f32(cublas, false, true, T, R, K, 1.0f, x, K, params + adapter.offsetA, K, 0.0f, h, R);
-  // out (T, N) += scale · h (T, R) · B (N, R)ᵀ
-  gemm_f32(cublas, false, true, T, N, R, lora->scale(), h, R, params + adapter.offsetB, R, 1.0f, out, N);
+  // out (T, N) = scale · h (T, R) · B (N, R)ᵀ + beta · out
+  gemm_f32(cublas, false, true, T, N, R, lora->scale(), h, R, params + adapter.offsetB, R, beta, out, N);
 }
 
 void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                                     const float* loraHidden, int64_t T, bool training) {
+                                     const float* loraHidden, int64_t T, bool training, bool accumulate) {
   const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
   const float scale = lora->scale();
   const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
@@ -647,11 +676,13 @@ void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* in
   gemm_f32(cublas, true, false, R, K, T, 1.0f, dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
   if (!dinp) return;  // the layer's input gradient is not wanted
   if (x == inp) {
-    gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 1.0f, dinp, K);
+    gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, accumulate ? 1.0f : 0.0f,
+             dinp, K);
     return;
   }
   // dropout: the input gradient passes only where the mask kept the element, scaled like the input
   gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 0.0f, droppedInput, K);
+  if (!accumulate) zero(dinp, sizeof(float) * T * K);
   dropout_backward(dinp, droppedInput, T * K, dropoutMask(adapter), stream);
 }
 
@@ -662,16 +693,10 @@ void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
   const float* x = residual + l * T * C;   // (T, C) layer input
   float* next = residual + (l + 1) * T * C;  // (T, C) layer output
   LayerActivations& a = activationsOf(l);
-  auto adapterOf = [&](Projection p) { return lora->find(l, p); };
 
-  rmsnorm_forward(normed1, rstd1, x, w.attnNorm, T, C, c.rmsEps, stream);
-  to_bf16(inputBf16, normed1, T * C, stream);  // shared by the three products
+  rmsnorm_forward(normed1, inputBf16, rstd1, x, w.attnNorm, T, C, c.rmsEps, stream);  // bf16: the three products' input
   float* qkv[3] = {q, k, vAct};
-  for (int p = 0; p < 3; ++p) {
-    baseForward(l, static_cast<Projection>(p), w.bias[p], inputBf16, qkv[p], T);
-    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
-      loraForward(*adapter, normed1, qkv[p], a.loraHidden, T, training);
-  }
+  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), inputBf16, normed1, qkv[p], a.loraHidden, T, training);
   rope_forward(q, ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream);
   rope_forward(k, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
   to_bf16(a.q, q, T * QD, stream);
@@ -685,24 +710,14 @@ void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
                       cublas, stream);
     to_bf16(a.attn, attn, T * QD, stream);
   }
-  baseForward(l, Projection::O, nullptr, a.attn, a.residual2, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::O))
-    loraForward(*adapter, attn, a.residual2, a.loraHidden, T, training);
+  projectForward(l, Projection::O, a.attn, attn, a.residual2, a.loraHidden, T, training);
   add_inplace(a.residual2, x, T * C, stream);
 
-  rmsnorm_forward(normed2, rstd2, a.residual2, w.ffnNorm, T, C, c.rmsEps, stream);
-  to_bf16(inputBf16, normed2, T * C, stream);  // shared by gate and up
-  baseForward(l, Projection::Gate, nullptr, inputBf16, a.gate, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
-    loraForward(*adapter, normed2, a.gate, a.loraHidden, T, training);
-  baseForward(l, Projection::Up, nullptr, inputBf16, a.up, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
-    loraForward(*adapter, normed2, a.up, a.loraHidden, T, training);
-  swiglu_forward(hidden, a.gate, a.up, T * F, stream);
-  to_bf16(inputBf16, hidden, T * F, stream);
-  baseForward(l, Projection::Down, nullptr, inputBf16, next, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
-    loraForward(*adapter, hidden, next, a.loraHidden, T, training);
+  rmsnorm_forward(normed2, inputBf16, rstd2, a.residual2, w.ffnNorm, T, C, c.rmsEps, stream);  // bf16 for gate and up
+  projectForward(l, Projection::Gate, inputBf16, normed2, gate, a.loraHidden, T, training);
+  projectForward(l, Projection::Up, inputBf16, normed2, up, a.loraHidden, T, training);
+  swiglu_forward(hidden, inputBf16, a.gate, a.up, gate, up, T * F, stream);  // bf16 hidden: down's input
+  projectForward(l, Projection::Down, inputBf16, hidden, next, a.loraHidden, T, training);
   add_inplace(next, a.residual2, T * C, stream);
   workingLayer = l;
 }
@@ -713,8 +728,8 @@ void CudaEngine::State::rebuildLayerScratch(int64_t l, int64_t T) {
   const ModelConfig& c = model->config();
   const DeviceLayer& w = layers[static_cast<size_t>(l)];
   const LayerActivations& a = activationsOf(l);
-  rmsnorm_forward(normed1, rstd1, residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream);
-  rmsnorm_forward(normed2, rstd2, a.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream);
+  rmsnorm_forward(normed1, nullptr, rstd1, residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream);
+  rmsnorm_forward(normed2, nullptr, rstd2, a.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream);
   swiglu_forward(hidden, a.gate, a.up, T * c.nFf, stream);
   to_f32(attn, a.attn, T * c.qDim(), stream);
   workingLayer = l;
@@ -725,7 +740,6 @@ void CudaEngine::State::layerBackward(int64_t l, int64_t T, bool training) {
   const DeviceLayer& w = layers[static_cast<size_t>(l)];
   const int64_t C = c.nEmbd, F = c.nFf;
   LayerActivations& a = activationsOf(l);
-  auto adapterOf = [&](Projection p) { return lora->find(l, p); };
   if (workingLayer != l) {
     if (&a == &shared) layerForward(l, T, training);  // recompute this layer from its saved input
     else rebuildLayerScratch(l, T);
@@ -734,22 +748,15 @@ void CudaEngine::State::layerBackward(int64_t l, int64_t T, bool training) {
   const bool inputGradient = l > 0;  // the embeddings are frozen: layer 0's input gradient has no use
 
   // FFN: dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
-  baseBackwardInput(l, Projection::Down, dResidual, dHidden, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
-    loraBackward(*adapter, hidden, dResidual, dHidden, a.loraHidden, T, training);
-  swiglu_backward(a.gate, a.up, dHidden, a.gate, a.up, T * F, stream);  // gate, up now hold their gradients
-  baseBackwardInput(l, Projection::Gate, a.gate, dNormed, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
-    loraBackward(*adapter, normed2, a.gate, dNormed, a.loraHidden, T, training);
-  baseBackwardInput(l, Projection::Up, a.up, dNormed, T, true);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
-    loraBackward(*adapter, normed2, a.up, dNormed, a.loraHidden, T, training);
+  projectBackward(l, Projection::Down, dResidual, hidden, dHidden, a.loraHidden, T, false, training);
+  float* dGate = dHidden;  // in place: dHidden is read once per element
+  swiglu_backward(dGate, up, dHidden, a.gate, a.up, T * F, stream);  // up now holds d(up)
+  projectBackward(l, Projection::Gate, dGate, normed2, dNormed, a.loraHidden, T, false, training);
+  projectBackward(l, Projection::Up, up, normed2, dNormed, a.loraHidden, T, true, training);
   rmsnorm_backward(dResidual, dNormed, a.residual2, w.ffnNorm, rstd2, T, C, stream);
 
   // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  baseBackwardInput(l, Projection::O, dResidual, dAttn, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::O))
-    loraBackward(*adapter, attn, dResidual, dAttn, a.loraHidden, T, training);
+  projectBackward(l, Projection::O, dResidual, attn, dAttn, a.loraHidden, T, false, training);
   if (flash) {
     to_bf16(dAttnBf16, dAttn, T * c.qDim(), stream);
     flash_attention_backward(flashArgs(a, T), {dAttnBf16, dq, dk, dv, rowDots}, stream);
@@ -761,9 +768,8 @@ void CudaEngine::State::layerBackward(int64_t l, int64_t T, bool training) {
   rope_backward(dk, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
   float* dqkv[3] = {dq, dk, dv};
   for (int p = 0; p < 3; ++p) {
-    if (inputGradient) baseBackwardInput(l, static_cast<Projection>(p), dqkv[p], dNormed, T, p > 0);
-    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
-      loraBackward(*adapter, normed1, dqkv[p], inputGradient ? dNormed : nullptr, a.loraHidden, T, training);
+    projectBackward(l, static_cast<Projection>(p), dqkv[p], normed1, inputGradient ? dNormed : nullptr, a.loraHidden, T,
+                    p > 0, training);
   }
   if (inputGradient) rmsnorm_backward(dResidual, dNormed, x, w.attnNorm, rstd1, T, C, stream);
 }
@@ -776,7 +782,7 @@ int64_t CudaEngine::State::lossHead(const Row& row, bool withGradient) {
   const int64_t T = static_cast<int64_t>(row.tokens.size());
   const int64_t C = c.nEmbd, V = c.nVocab;
   const float* x = residual + c.nLayer * T * C;  // (T, C) final residual
-  rmsnorm_forward(normedFinal, rstdFinal, x, outputNorm, T, C, c.rmsEps, stream);
+  rmsnorm_forward(normedFinal, nullptr, rstdFinal, x, outputNorm, T, C, c.rmsEps, stream);
 
   // only positions with a target reach the lm_head
   std::vector<int32_t> positions, targets;
@@ -925,8 +931,8 @@ std::vector<float> CudaEngine::logits(const Row& row) {
       s.checkAbort();
       s.layerForward(l, T, false);
     }
-    rmsnorm_forward(s.normedFinal, s.rstdFinal, s.residual + c.nLayer * T * C, s.outputNorm, T, C, c.rmsEps, s.stream);
-    to_bf16(s.inputBf16, s.normedFinal, T * C, s.stream);
+    rmsnorm_forward(s.normedFinal, s.inputBf16, s.rstdFinal, s.residual + c.nLayer * T * C, s.outputNorm, T, C,
+                    c.rmsEps, s.stream);
     std::vector<float> result(static_cast<size_t>(T * V));  // (T, V)
     for (int64_t v0 = 0; v0 < V; v0 += s.vocabChunk) {
       const int64_t chunk = std::min(s.vocabChunk, V - v0);

@@ -31,52 +31,120 @@ __device__ inline void scaleMin(int j, const uint8_t* packed, int& scale, int& m
   }
 }
 
-// element e of a row starting at `row`, for one ggml type known at compile time
+// 32 consecutive elements [e0, e0 + 32) of a row, e0 a multiple of 32, for one ggml type known at
+// compile time: the block and sub-block fields are read once, at(l) decodes element e0 + l.
+template <uint32_t kType>
+struct Run32;
+
+template <>
+struct Run32<kF32> {
+  const uint8_t* p;
+  __device__ Run32(const uint8_t* row, int64_t e0) : p(row + 4 * e0) {}
+  __device__ float at(int l) const {
+    const uint8_t* b = p + 4 * l;
+    return __uint_as_float(b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<uint32_t>(b[3]) << 24));
+  }
+};
+
+template <>
+struct Run32<kF16> {
+  const uint8_t* p;
+  __device__ Run32(const uint8_t* row, int64_t e0) : p(row + 2 * e0) {}
+  __device__ float at(int l) const { return halfAt(p + 2 * l); }
+};
+
+template <>
+struct Run32<kBF16> {
+  const uint8_t* p;
+  __device__ Run32(const uint8_t* row, int64_t e0) : p(row + 2 * e0) {}
+  __device__ float at(int l) const {
+    return __uint_as_float(static_cast<uint32_t>(p[2 * l] | (p[2 * l + 1] << 8)) << 16);
+  }
+};
+
+template <>
+struct Run32<kQ8_0> {
+  const uint8_t* block;
+  float d;
+  __device__ Run32(const uint8_t* row, int64_t e0) : block(row + 34 * (e0 / 32)), d(halfAt(block)) {}
+  __device__ float at(int l) const { return __fmul_rn(static_cast<float>(static_cast<int8_t>(block[2 + l])), d); }
+};
+
+template <>
+struct Run32<kQ4_0> {
+  const uint8_t* block;
+  float d;
+  __device__ Run32(const uint8_t* row, int64_t e0) : block(row + 18 * (e0 / 32)), d(halfAt(block)) {}
+  __device__ float at(int l) const {
+    const int q = l < 16 ? (block[2 + l] & 0xF) : (block[2 + l - 16] >> 4);
+    return __fmul_rn(static_cast<float>(q - 8), d);
+  }
+};
+
+// Q4_K and Q5_K: sub-block j = 2·group + high of a 256-element block, its scale and min unpacked once
+template <bool kFive>
+struct Run32K {
+  const uint8_t* qs;  // the group's 32 bytes of low nibbles (one group: two sub-blocks)
+  const uint8_t* qh;  // Q5_K's fifth bits
+  int high, shift;
+  float d, m;
+  __device__ Run32K(const uint8_t* row, int64_t e0) {
+    const uint8_t* block = row + (kFive ? 176 : 144) * (e0 / 256);
+    const int within = static_cast<int>(e0 % 256);
+    const int group = within / 64;
+    high = (within % 64) / 32;
+    qs = block + (kFive ? 48 : 16) + 32 * group;
+    qh = block + 16;
+    shift = 2 * group + high;
+    int scale, min;
+    scaleMin(shift, block + 4, scale, min);
+    d = __fmul_rn(halfAt(block), static_cast<float>(scale));
+    m = __fmul_rn(halfAt(block + 2), static_cast<float>(min));
+  }
+  __device__ float at(int l) const {
+    const int packed = qs[l];
+    int q = high ? packed >> 4 : packed & 0xF;
+    if (kFive) q |= ((qh[l] >> shift) & 1) << 4;
+    return __fsub_rn(__fmul_rn(d, static_cast<float>(q)), m);
+  }
+};
+template <>
+struct Run32<kQ4_K> : Run32K<false> {
+  using Run32K<false>::Run32K;
+};
+template <>
+struct Run32<kQ5_K> : Run32K<true> {
+  using Run32K<true>::Run32K;
+};
+
+template <>
+struct Run32<kQ6_K> {
+  const uint8_t* ql;
+  const uint8_t* qh;
+  const int8_t* scales;
+  int run;
+  float d;
+  __device__ Run32(const uint8_t* row, int64_t e0) {
+    const uint8_t* block = row + 210 * (e0 / 256);
+    const int within = static_cast<int>(e0 % 256);
+    const int half = within / 128;
+    run = (within % 128) / 32;
+    ql = block + 64 * half + 32 * (run & 1);
+    qh = block + 128 + 32 * half;
+    scales = reinterpret_cast<const int8_t*>(block + 192) + 8 * half + 2 * run;
+    d = halfAt(block + 208);
+  }
+  __device__ float at(int l) const {
+    const int low = (ql[l] >> (run < 2 ? 0 : 4)) & 0xF;
+    const int q = (low | (((qh[l] >> (2 * run)) & 3) << 4)) - 32;
+    return __fmul_rn(__fmul_rn(d, static_cast<float>(scales[l >= 16])), static_cast<float>(q));
+  }
+};
+
+// element e of a row, for one ggml type known at compile time
 template <uint32_t kType>
 __device__ inline float decodeAt(const uint8_t* row, int64_t e) {
-  if constexpr (kType == kF32) {
-    const uint8_t* p = row + 4 * e;
-    return __uint_as_float(p[0] | (p[1] << 8) | (p[2] << 16) | (static_cast<uint32_t>(p[3]) << 24));
-  } else if constexpr (kType == kF16) {
-    return halfAt(row + 2 * e);
-  } else if constexpr (kType == kBF16) {
-    const uint8_t* p = row + 2 * e;
-    return __uint_as_float(static_cast<uint32_t>(p[0] | (p[1] << 8)) << 16);
-  } else if constexpr (kType == kQ8_0) {
-    const uint8_t* block = row + 34 * (e / 32);
-    return __fmul_rn(static_cast<float>(static_cast<int8_t>(block[2 + e % 32])), halfAt(block));
-  } else if constexpr (kType == kQ4_0) {
-    const uint8_t* block = row + 18 * (e / 32);
-    const int j = static_cast<int>(e % 32);
-    const int q = j < 16 ? (block[2 + j] & 0xF) : (block[2 + j - 16] >> 4);
-    return __fmul_rn(static_cast<float>(q - 8), halfAt(block));
-  } else if constexpr (kType == kQ4_K || kType == kQ5_K) {
-    constexpr bool five = kType == kQ5_K;
-    const uint8_t* block = row + (five ? 176 : 144) * (e / 256);
-    const int within = static_cast<int>(e % 256);
-    const int group = within / 64, high = (within % 64) / 32, l = within % 32;
-    const uint8_t* qs = block + (five ? 48 : 16);
-    const int packed = qs[32 * group + l];
-    int q = high ? packed >> 4 : packed & 0xF;
-    if (five) q |= ((block[16 + l] >> (2 * group + high)) & 1) << 4;
-    int scale, min;
-    scaleMin(2 * group + high, block + 4, scale, min);
-    const float d = __fmul_rn(halfAt(block), static_cast<float>(scale));
-    const float m = __fmul_rn(halfAt(block + 2), static_cast<float>(min));
-    return __fsub_rn(__fmul_rn(d, static_cast<float>(q)), m);
-  } else {
-    static_assert(kType == kQ6_K, "a type dequantize_supports lists");
-    const uint8_t* block = row + 210 * (e / 256);
-    const int within = static_cast<int>(e % 256);
-    const int half = within / 128, run = (within % 128) / 32, l = within % 32;
-    const uint8_t* ql = block + 64 * half;
-    const uint8_t* qh = block + 128 + 32 * half;
-    const int8_t* scales = reinterpret_cast<const int8_t*>(block + 192) + 8 * half;
-    const int low = (ql[l + 32 * (run & 1)] >> (run < 2 ? 0 : 4)) & 0xF;
-    const int q = (low | (((qh[l] >> (2 * run)) & 3) << 4)) - 32;
-    const float d = __fmul_rn(halfAt(block + 208), static_cast<float>(scales[2 * run + (l >= 16)]));
-    return __fmul_rn(d, static_cast<float>(q));
-  }
+  return Run32<kType>(row, e & ~int64_t{31}).at(static_cast<int>(e & 31));
 }
 
 // the same with the type chosen at run time (the gather and the NaN scan, which run rarely)
@@ -94,8 +162,8 @@ __device__ float decode(uint32_t type, const uint8_t* row, int64_t e) {
   }
 }
 
-// Each thread converts 8 consecutive elements of one row (rowLength a multiple of 8) and writes them
-// as one 16-byte store; the type is a template argument, so nothing branches per element.
+// Each thread converts 8 consecutive elements of one row (float types: rows of any multiple of 8) and
+// writes them as one 16-byte store; the type is a template argument, so nothing branches per element.
 template <uint32_t kType>
 __global__ void dequantize_rows_bf16_kernel(__nv_bfloat16* out, const uint8_t* src, int64_t rowBytes,
                                             int64_t rowLength, int64_t row0, int64_t total) {
@@ -107,6 +175,25 @@ __global__ void dequantize_rows_bf16_kernel(__nv_bfloat16* out, const uint8_t* s
 #pragma unroll
   for (int x = 0; x < 8; ++x) values[x] = __float2bfloat16(decodeAt<kType>(row, e + x));
   *reinterpret_cast<uint4*>(out + i) = *reinterpret_cast<const uint4*>(values);
+}
+
+// Block formats: each thread decodes one 32-element run (one sub-block's fields read once) and writes
+// it as four 16-byte stores.
+template <uint32_t kType>
+__global__ void dequantize_runs_bf16_kernel(__nv_bfloat16* out, const uint8_t* src, int64_t rowBytes,
+                                            int64_t runsPerRow, int64_t row0, int64_t runs) {
+  const int64_t run = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (run >= runs) return;
+  const int64_t r = run / runsPerRow, e0 = (run % runsPerRow) * 32;
+  const Run32<kType> decoder(src + (row0 + r) * rowBytes, e0);
+  uint4* target = reinterpret_cast<uint4*>(out + run * 32);
+#pragma unroll
+  for (int chunk = 0; chunk < 4; ++chunk) {
+    __align__(16) __nv_bfloat16 values[8];
+#pragma unroll
+    for (int x = 0; x < 8; ++x) values[x] = __float2bfloat16(decoder.at(chunk * 8 + x));
+    target[chunk] = *reinterpret_cast<const uint4*>(values);
+  }
 }
 
 // rows of a length that is not a multiple of 8 (float types only): one element per thread
@@ -166,20 +253,28 @@ void dequantize_rows_bf16(__nv_bfloat16* out, const uint8_t* src, uint32_t type,
     return;
   }
   const unsigned blocks = blocksFor(total / 8, kThreads);
+  const int64_t runsPerRow = rowLength / 32, runs = nRows * runsPerRow;
+  const unsigned runBlocks = blocksFor(runs, kThreads);
   switch (type) {
-#define THINKTUNE_DEQUANTIZE_CASE(kType)                                                                        \
-  case kType:                                                                                                  \
-    dequantize_rows_bf16_kernel<kType><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total); \
+    case kF32:
+      dequantize_rows_bf16_kernel<kF32><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
+      break;
+    case kF16:
+      dequantize_rows_bf16_kernel<kF16><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
+      break;
+    case kBF16:
+      dequantize_rows_bf16_kernel<kBF16><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
+      break;
+#define THINKTUNE_DEQUANTIZE_RUNS(kType)                                                                       \
+  case kType:                                                                                                 \
+    dequantize_runs_bf16_kernel<kType><<<runBlocks, kThreads, 0, stream>>>(out, src, rowBytes, runsPerRow, row0, runs); \
     break;
-    THINKTUNE_DEQUANTIZE_CASE(kF32)
-    THINKTUNE_DEQUANTIZE_CASE(kF16)
-    THINKTUNE_DEQUANTIZE_CASE(kBF16)
-    THINKTUNE_DEQUANTIZE_CASE(kQ8_0)
-    THINKTUNE_DEQUANTIZE_CASE(kQ4_0)
-    THINKTUNE_DEQUANTIZE_CASE(kQ4_K)
-    THINKTUNE_DEQUANTIZE_CASE(kQ5_K)
-    THINKTUNE_DEQUANTIZE_CASE(kQ6_K)
-#undef THINKTUNE_DEQUANTIZE_CASE
+    THINKTUNE_DEQUANTIZE_RUNS(kQ8_0)
+    THINKTUNE_DEQUANTIZE_RUNS(kQ4_0)
+    THINKTUNE_DEQUANTIZE_RUNS(kQ4_K)
+    THINKTUNE_DEQUANTIZE_RUNS(kQ5_K)
+    THINKTUNE_DEQUANTIZE_RUNS(kQ6_K)
+#undef THINKTUNE_DEQUANTIZE_RUNS
   }
   checkLaunch("dequantize_rows_bf16");
 }

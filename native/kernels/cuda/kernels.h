@@ -65,9 +65,9 @@ void dropout_backward(float* dinp, const float* dout, int64_t n, DropoutMask mas
 
 // ---- rmsnorm.cu ----
 
-// out (T, C) = inp·rstd·weight, rstd (T)
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C, float eps,
-                     cudaStream_t stream);
+// out (T, C) = inp·rstd·weight, and in bf16 as outBf16 unless it is null; rstd (T)
+void rmsnorm_forward(float* out, __nv_bfloat16* outBf16, float* rstd, const float* inp, const float* weight, int64_t T,
+                     int64_t C, float eps, cudaStream_t stream);
 // dinp (T, C) += the input gradient
 void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
                       int64_t T, int64_t C, cudaStream_t stream);
@@ -82,9 +82,13 @@ void rope_backward(float* dx, const float* cache, int64_t T, int64_t nHeads, int
 
 // ---- swiglu.cu ----
 
-void swiglu_forward(float* h, const float* g, const float* u, int64_t n, cudaStream_t stream);  // h = silu(g)·u
-// dg, du may alias g, u
-void swiglu_backward(float* dg, float* du, const float* dh, const float* g, const float* u, int64_t n,
+// gBf16, uBf16 (n) = g, u rounded to bf16; h (n) = silu(g)·u of the rounded values, and in bf16 as hBf16
+void swiglu_forward(float* h, __nv_bfloat16* hBf16, __nv_bfloat16* gBf16, __nv_bfloat16* uBf16, const float* g,
+                    const float* u, int64_t n, cudaStream_t stream);
+// h (n) = silu(g)·u from the bf16 g, u the forward kept
+void swiglu_forward(float* h, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);
+// dg, du (n) from dh and the bf16 g, u; dg may alias dh
+void swiglu_backward(float* dg, float* du, const float* dh, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n,
                      cudaStream_t stream);
 
 // ---- attention.cu: causal grouped-query attention inside packed sequences, no (T, T) matrix ----

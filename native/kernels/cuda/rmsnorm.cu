@@ -8,8 +8,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp, const float* weight, int64_t C,
-                                       float eps) {
+__global__ void rmsnorm_forward_kernel(float* out, __nv_bfloat16* outBf16, float* rstd, const float* inp,
+                                       const float* weight, int64_t C, float eps) {
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;  // (C)
   float sumSquares = 0.0f;
@@ -18,7 +18,11 @@ __global__ void rmsnorm_forward_kernel(float* out, float* rstd, const float* inp
   const float scale = 1.0f / sqrtf(sumSquares / static_cast<float>(C) + eps);
   if (threadIdx.x == 0) rstd[t] = scale;
   float* y = out + t * C;  // (C)
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) y[c] = (x[c] * scale) * weight[c];
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float value = (x[c] * scale) * weight[c];
+    y[c] = value;
+    if (outBf16) outBf16[t * C + c] = __float2bfloat16(value);
+  }
 }
 
 // dx_c += r·w_c·dy_c − x_c·r³/C·Σ_j w_j·dy_j·x_j
@@ -38,10 +42,10 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
 
 }  // namespace
 
-void rmsnorm_forward(float* out, float* rstd, const float* inp, const float* weight, int64_t T, int64_t C, float eps,
-                     cudaStream_t stream) {
+void rmsnorm_forward(float* out, __nv_bfloat16* outBf16, float* rstd, const float* inp, const float* weight, int64_t T,
+                     int64_t C, float eps, cudaStream_t stream) {
   if (T == 0) return;
-  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(out, rstd, inp, weight, C, eps);
+  rmsnorm_forward_kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(out, outBf16, rstd, inp, weight, C, eps);
   checkLaunch("rmsnorm_forward");
 }
 
