@@ -4,7 +4,8 @@
 #   tests    the GPU tests (test/gpu: the CUDA engine against the CPU engine, the fused attention checks)
 #   profile  per-kernel time of one step of the 7B shape cut to 4 layers at 4096 tokens (ncu) → $OUT/profile.md
 #   bench    npm run bench at 1024, 4096 and 16384 tokens with a 24 GiB budget, and the lean 10 GiB
-#            plan at 4096, beside PEFT and torch SDPA → $OUT/bench/results.jsonl
+#            plan at 4096 (without PEFT: its 4096 figure is the first command's), beside PEFT and torch
+#            SDPA → $OUT/bench/results.jsonl
 # COMMIT (the commit measured) is required for bench.
 set -uo pipefail
 source .device/env.sh
@@ -13,6 +14,7 @@ mkdir -p "$OUT"
 (CMAKE_CUDA_ARCHITECTURES=90 THINKTUNE_CUDA=on node scripts/build-native.mjs && npm run build:ts) > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 for stage in "$@"; do
+  echo "== $stage $(date +%T)"
   case "$stage" in
     tests)
       npx vitest run test/gpu 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "✓|✗|×|FAIL|Tests|passed|failed" | tail -60 ;;
@@ -24,7 +26,7 @@ for stage in "$@"; do
     bench)
       node dist/cli/main.js bench --device cuda --type Q4_K --seq 1024,4096,16384 --gpu-memory 24GiB --commit "$COMMIT" \
         --results "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | grep -vE "^\|" | tail -30
-      node dist/cli/main.js bench --device cuda --type Q4_K --seq 4096 --gpu-memory 10GiB --no-attention --commit "$COMMIT" \
+      node dist/cli/main.js bench --device cuda --type Q4_K --seq 4096 --gpu-memory 10GiB --no-attention --no-peft --commit "$COMMIT" \
         --results "$OUT/bench" 2>&1 | tee "$OUT/bench-lean.log" | grep -vE "^\|" | tail -12
       tail -25 "$OUT/bench/RESULTS.md" ;;
     *) echo "unknown stage $stage (tests, profile, bench)"; exit 2 ;;
