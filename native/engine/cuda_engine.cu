@@ -1,9 +1,7 @@
 // The CUDA engine (see cuda_engine.h): thinktune::Engine's passes (train_step.cpp) step for step on
 // the GPU. Per layer: RMSNorm → Q/K/V (+bias, +LoRA) → RoPE → causal GQA attention → O (+LoRA) →
-// residual → RMSNorm → SwiGLU FFN (+LoRA) → residual, the products on bf16 inputs, the fused
-// attention (flash_attention.h) where it takes the head shape. The backward produces gradients for
-// LoRA A and B only; it reads the activations of the layers the memory plan kept from the forward
-// and recomputes the other layers from their saved input. Host code here enqueues on one stream and
+// residual → RMSNorm → SwiGLU FFN (+LoRA) → residual; backward recomputes each layer from its saved
+// input and produces gradients for LoRA A and B only. Host code here enqueues on one stream and
 // synchronizes once per call (and where a number must come back: the loss, the gradient norm).
 #include "engine/cuda_engine.h"
 
@@ -110,24 +108,23 @@ struct CudaEngine::State {
   float* outputNorm = nullptr;  // (C)
   // LoRA lifetime: P floats each
   float *params = nullptr, *grads = nullptr, *m = nullptr, *v = nullptr;
-  __nv_bfloat16* paramsBf16 = nullptr;  // (P) the products' copy of params, refreshed after each change
   // activation lifetime (T = maxTokens; see memory_plan.h for the CPU twins)
   float* residual = nullptr;   // (L + 1, T, C)
   LayerActivations shared;     // the recomputed layers' activations
   std::vector<LayerActivations> kept;  // layers [L − kept.size(), L): kept from the forward
   int64_t workingLayer = -1;   // the layer whose forward values `shared` and the scratch below hold
-  // rebuilt per layer, in forward and backward; the products' inputs are bf16, their outputs fp32
-  __nv_bfloat16* normed1 = nullptr;  // (T, C)
+  // rebuilt per layer, in forward and backward
+  float* normed1 = nullptr;    // (T, C)
   float* rstd1 = nullptr;      // (T)
-  float* q = nullptr;          // (T, QD) before RoPE and bf16
+  float* q = nullptr;          // (T, QD) fp32 products, before bf16
   float* k = nullptr;          // (T, KD)
   float* vAct = nullptr;       // (T, KD)
-  float* attn = nullptr;       // (T, QD) the tiled attention's fp32 output (without flash only)
-  __nv_bfloat16* normed2 = nullptr;  // (T, C)
+  float* attn = nullptr;       // (T, QD) fp32 copy of the attention output (O's LoRA input)
+  float* normed2 = nullptr;    // (T, C)
   float* rstd2 = nullptr;      // (T)
-  float* gate = nullptr;       // (T, F) before it is rounded
+  float* gate = nullptr;       // (T, F) fp32 products (+LoRA) before they are rounded
   float* up = nullptr;         // (T, F); d(up) in backward
-  __nv_bfloat16* hidden = nullptr;   // (T, F)
+  float* hidden = nullptr;     // (T, F)
   float* normedFinal = nullptr;  // (T, C)
   float* rstdFinal = nullptr;    // (T)
   float* ropeCache = nullptr;    // (T, headDim)
@@ -141,8 +138,6 @@ struct CudaEngine::State {
   float* dv = nullptr;           // (T, KD)
   float* dHidden = nullptr;      // (T, F)
   float* dLoraHidden = nullptr;  // (T, R)
-  __nv_bfloat16* loraHiddenBf16 = nullptr;   // (T, R) one adapter's x·Aᵀ, for dB
-  __nv_bfloat16* dLoraHiddenBf16 = nullptr;  // (T, R) for dA and the input gradient
   float* rowDots = nullptr;      // (nHead, T)
   float* lossInput = nullptr;    // (T, C)
   float* dLossInput = nullptr;   // (T, C)
@@ -161,8 +156,7 @@ struct CudaEngine::State {
   __nv_bfloat16* weightBf16 = nullptr;  // (vocabChunk, C) the output matrix a chunk at a time
   __nv_bfloat16* dAttnBf16 = nullptr;   // (T, QD) the attention output's gradient
   __nv_bfloat16* inputBf16 = nullptr;   // (T, widest) a product's activation operand
-  __nv_bfloat16* droppedInput = nullptr;  // (T, widest) LoRA input after dropout (only with dropout)
-  float* droppedGradient = nullptr;       // (T, widest) its input gradient before the mask (only with dropout)
+  float* droppedInput = nullptr;        // (T, widest) LoRA input after dropout (only with dropout)
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
   bool flash = false;                     // the fused attention handles this head shape
@@ -252,20 +246,21 @@ struct CudaEngine::State {
   void embed(const Row& row);
   void dequantizeLayer(int64_t layer);
   void baseForward(int64_t layer, Projection p, const __nv_bfloat16* inp, float* out, int64_t T, bool accumulate);
-  void projectForward(int64_t layer, Projection p, const __nv_bfloat16* x, float* out, float* loraHidden, int64_t T,
-                      bool training);
-  void projectBackward(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* x, float* dinp,
+  void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
+                      float* loraHidden, int64_t T, bool training);
+  void projectBackward(int64_t layer, Projection p, const float* dout, const float* x, float* dinp,
                        const float* loraHidden, int64_t T, bool accumulate, bool training);
+  void baseBackwardInput(int64_t layer, Projection p, const float* dout, float* dinp, int64_t T, bool accumulate);
   LayerActivations& activationsOf(int64_t layer) {
     const int64_t firstKept = model->config().nLayer - static_cast<int64_t>(kept.size());
     return layer >= firstKept ? kept[static_cast<size_t>(layer - firstKept)] : shared;
   }
   void addLayerActivations(BufferLayout& layout, LayerActivations& a, int64_t T) const;
   DropoutMask dropoutMask(const LoraAdapter& adapter) const;
-  const __nv_bfloat16* loraInput(const LoraAdapter& adapter, const __nv_bfloat16* inp, int64_t T, bool training);
-  void loraForward(const LoraAdapter& adapter, const __nv_bfloat16* inp, float* out, float* loraHidden, int64_t T,
+  const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training);
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, int64_t T,
                     bool training, float beta);
-  void loraBackward(const LoraAdapter& adapter, const __nv_bfloat16* inp, const __nv_bfloat16* doutBf16, float* dinp,
+  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
                     const float* loraHidden, int64_t T, bool training, bool accumulate);
   void layerForward(int64_t layer, int64_t T, bool training);
   void rebuildLayerScratch(int64_t layer, int64_t T);
@@ -361,7 +356,6 @@ void CudaEngine::State::plan() {
   loraLayout.add(grads, P);
   loraLayout.add(m, P);
   loraLayout.add(v, P);
-  loraLayout.add(paramsBf16, P);
 
   flash = flashAttentionSupports(c.headDim, c.nHead, c.nHeadKv);
   BufferLayout act(kAlignment);
@@ -372,7 +366,7 @@ void CudaEngine::State::plan() {
   act.add(q, T * QD);
   act.add(k, T * KD);
   act.add(vAct, T * KD);
-  if (!flash) act.add(attn, T * QD);
+  act.add(attn, T * QD);
   act.add(normed2, T * C);
   act.add(rstd2, T);
   act.add(gate, T * F);
@@ -391,8 +385,6 @@ void CudaEngine::State::plan() {
   act.add(dv, T * KD);
   act.add(dHidden, T * F);
   act.add(dLoraHidden, T * R);
-  act.add(loraHiddenBf16, T * R);
-  act.add(dLoraHiddenBf16, T * R);
   act.add(rowDots, c.nHead * T);
   act.add(lossInput, T * C);
   act.add(dLossInput, T * C);
@@ -412,7 +404,6 @@ void CudaEngine::State::plan() {
   scratch.add(dAttnBf16, T * QD);
   scratch.add(inputBf16, T * widest);
   scratch.add(droppedInput, lora->options().dropout > 0.0f ? T * widest : 1);
-  scratch.add(droppedGradient, lora->options().dropout > 0.0f ? T * widest : 1);
   scratch.add(logitsChunk, T * vocabChunk);
   scratch.add(dlogits, T * vocabChunk);
   if (!flash) {
@@ -516,7 +507,6 @@ void CudaEngine::State::plan() {
   lora->initialize(initial.data());
   zero(params, loraBytes);
   upload(params, initial.data(), sizeof(float) * initial.size());
-  to_bf16(paramsBf16, params, P, stream);
   synchronize();
   recordDeviceUse();
 }
@@ -606,60 +596,6 @@ void CudaEngine::State::dequantizeLayer(int64_t l) {
 }
 
 // out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
-DropoutMask CudaEngine::State::dropoutMask(const LoraAdapter& adapter) const {
-  const uint64_t step = static_cast<uint64_t>(optimizerStep + 1);
-  DropoutMask mask;
-  mask.stepKey = splitmix64(splitmix64(lora->options().seed ^ 0xD1B54A32D192ED03ull) ^ step);
-  mask.site = static_cast<uint64_t>(adapter.layer * kProjectionCount + static_cast<int>(adapter.projection));
-  mask.dropout = lora->options().dropout;
-  return mask;
-}
-
-const __nv_bfloat16* CudaEngine::State::loraInput(const LoraAdapter& adapter, const __nv_bfloat16* inp, int64_t T,
-                                                  bool training) {
-  if (!training || lora->options().dropout <= 0.0f) return inp;
-  dropout_forward(droppedInput, inp, T * adapter.in, dropoutMask(adapter), stream);
-  return droppedInput;
-}
-
-// h (T, R) = x·Aᵀ; out (T, N) = scale·h·Bᵀ + beta·out. x and A in bf16 on the tensor cores, h in fp32.
-void CudaEngine::State::loraForward(const LoraAdapter& adapter, const __nv_bfloat16* inp, float* out,
-                                    float* loraHidden, int64_t T, bool training, float beta) {
-  const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
-  const __nv_bfloat16* x = loraInput(adapter, inp, T, training);                  // (T, K)
-  float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;           // (T, R)
-  gemm_bf16(cublas, false, true, T, R, K, 1.0f, x, K, paramsBf16 + adapter.offsetA, K, 0.0f, h, R);
-  gemm_f32(cublas, false, true, T, N, R, lora->scale(), h, R, params + adapter.offsetB, R, beta, out, N);
-}
-
-// dB, dA (+)= from dout (T, N), given in fp32 and bf16; dinp (T, K) (+)= the input gradient unless null
-void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const __nv_bfloat16* inp,
-                                     const __nv_bfloat16* doutBf16, float* dinp, const float* loraHidden, int64_t T,
-                                     bool training, bool accumulate) {
-  const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
-  const float scale = lora->scale();
-  const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
-  const __nv_bfloat16* x = loraInput(adapter, inp, T, training);              // (T, K)
-  to_bf16(loraHiddenBf16, h, T * R, stream);
-  // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
-  gemm_bf16(cublas, true, false, N, R, T, scale, doutBf16, N, loraHiddenBf16, R, 1.0f, grads + adapter.offsetB, R);
-  // dh (T, R) = scale · dout (T, N) · B (N, R)
-  gemm_bf16(cublas, false, false, T, R, N, scale, doutBf16, N, paramsBf16 + adapter.offsetB, R, 0.0f, dLoraHidden, R);
-  to_bf16(dLoraHiddenBf16, dLoraHidden, T * R, stream);
-  // dA (R, K) += dh (T, R)ᵀ · x (T, K)
-  gemm_bf16(cublas, true, false, R, K, T, 1.0f, dLoraHiddenBf16, R, x, K, 1.0f, grads + adapter.offsetA, K);
-  if (!dinp) return;  // the layer's input gradient is not wanted
-  const __nv_bfloat16* A = paramsBf16 + adapter.offsetA;
-  if (x == inp) {
-    gemm_bf16(cublas, false, false, T, K, R, 1.0f, dLoraHiddenBf16, R, A, K, accumulate ? 1.0f : 0.0f, dinp, K);
-    return;
-  }
-  // dropout: the input gradient passes only where the mask kept the element, scaled like the input
-  gemm_bf16(cublas, false, false, T, K, R, 1.0f, dLoraHiddenBf16, R, A, K, 0.0f, droppedGradient, K);
-  if (!accumulate) zero(dinp, sizeof(float) * T * K);
-  dropout_backward(dinp, droppedGradient, T * K, dropoutMask(adapter), stream);
-}
-
 void CudaEngine::State::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp, float* out, int64_t T,
                                     bool accumulate) {
   const MappedTensor& w = *layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host;
@@ -669,32 +605,85 @@ void CudaEngine::State::baseForward(int64_t l, Projection p, const __nv_bfloat16
             out, N);
 }
 
-// out (T, N) = x·Wᵀ + bias + the adapter's scale·x·Aᵀ·Bᵀ, x (T, K) in bf16. The adapter's product goes
-// first and the base product adds to it, so out is written once by each instead of read back.
-void CudaEngine::State::projectForward(int64_t l, Projection p, const __nv_bfloat16* x, float* out, float* loraHidden,
-                                       int64_t T, bool training) {
+// out (T, N) = x·Wᵀ + bias + the adapter's scale·x·Aᵀ·Bᵀ. The adapter's product goes first and the
+// base product adds to it, so out is written once by each instead of read back by the second.
+void CudaEngine::State::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
+                                       float* loraHidden, int64_t T, bool training) {
   const LoraAdapter* adapter = lora->find(l, p);
   if (adapter) loraForward(*adapter, x, out, loraHidden, T, training, 0.0f);
-  baseForward(l, p, x, out, T, adapter != nullptr);
+  baseForward(l, p, xBf16, out, T, adapter != nullptr);
   if (const float* bias = layers[static_cast<size_t>(l)].bias[static_cast<int>(p)]) {
     add_bias(out, bias, T, layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host->nRows, stream);
   }
 }
 
-// The adapter's gradients from dout (T, N); dinp (T, K) (+)= dout·W + the adapter's input gradient,
-// unless dinp is null (no input gradient wanted). x is the product's bf16 input of the forward.
-void CudaEngine::State::projectBackward(int64_t l, Projection p, const float* dout, const __nv_bfloat16* x, float* dinp,
+// The adapter's gradients from dout; dinp (T, K) (+)= dout·W + the adapter's input gradient, unless
+// dinp is null (no input gradient wanted).
+void CudaEngine::State::projectBackward(int64_t l, Projection p, const float* dout, const float* x, float* dinp,
                                         const float* loraHidden, int64_t T, bool accumulate, bool training) {
   const LoraAdapter* adapter = lora->find(l, p);
+  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, T, training, accumulate);
+  if (dinp) baseBackwardInput(l, p, dout, dinp, T, accumulate || adapter != nullptr);
+}
+
+void CudaEngine::State::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
+                                          bool accumulate) {
   const MappedTensor& w = *layers[static_cast<size_t>(l)].matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
-  to_bf16(inputBf16, dout, T * N, stream);  // read by the adapter's products and the base product
-  if (adapter) loraBackward(*adapter, x, inputBf16, dinp, loraHidden, T, training, accumulate);
-  if (!dinp) return;
+  to_bf16(inputBf16, dout, T * N, stream);
   dequantizeLayer(l);
   // dinp (T, K) (+)= dout (T, N) · W (N, K)
   gemm_bf16(cublas, false, false, T, K, N, 1.0f, inputBf16, N, layerWeights[static_cast<int>(p)], K,
-            accumulate || adapter != nullptr ? 1.0f : 0.0f, dinp, K);
+            accumulate ? 1.0f : 0.0f, dinp, K);
+}
+
+DropoutMask CudaEngine::State::dropoutMask(const LoraAdapter& adapter) const {
+  const uint64_t step = static_cast<uint64_t>(optimizerStep + 1);
+  DropoutMask mask;
+  mask.stepKey = splitmix64(splitmix64(lora->options().seed ^ 0xD1B54A32D192ED03ull) ^ step);
+  mask.site = static_cast<uint64_t>(adapter.layer * kProjectionCount + static_cast<int>(adapter.projection));
+  mask.dropout = lora->options().dropout;
+  return mask;
+}
+
+const float* CudaEngine::State::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, bool training) {
+  if (!training || lora->options().dropout <= 0.0f) return inp;
+  dropout_forward(droppedInput, inp, T * adapter.in, dropoutMask(adapter), stream);
+  return droppedInput;
+}
+
+void CudaEngine::State::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
+                                    int64_t T, bool training, float beta) {
+  const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
+  const float* x = loraInput(adapter, inp, T, training);                                   // (T, K)
+  float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
+  gemm_f32(cublas, false, true, T, R, K, 1.0f, x, K, params + adapter.offsetA, K, 0.0f, h, R);
+  // out (T, N) = scale · h (T, R) · B (N, R)ᵀ + beta · out
+  gemm_f32(cublas, false, true, T, N, R, lora->scale(), h, R, params + adapter.offsetB, R, beta, out, N);
+}
+
+void CudaEngine::State::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
+                                     const float* loraHidden, int64_t T, bool training, bool accumulate) {
+  const int64_t R = lora->options().rank, K = adapter.in, N = adapter.out;
+  const float scale = lora->scale();
+  const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
+  const float* x = loraInput(adapter, inp, T, training);                      // (T, K)
+  // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
+  gemm_f32(cublas, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
+  // dh (T, R) = scale · dout (T, N) · B (N, R)
+  gemm_f32(cublas, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, dLoraHidden, R);
+  // dA (R, K) += dh (T, R)ᵀ · x (T, K)
+  gemm_f32(cublas, true, false, R, K, T, 1.0f, dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  if (!dinp) return;  // the layer's input gradient is not wanted
+  if (x == inp) {
+    gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, accumulate ? 1.0f : 0.0f,
+             dinp, K);
+    return;
+  }
+  // dropout: the input gradient passes only where the mask kept the element, scaled like the input
+  gemm_f32(cublas, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 0.0f, droppedInput, K);
+  if (!accumulate) zero(dinp, sizeof(float) * T * K);
+  dropout_backward(dinp, droppedInput, T * K, dropoutMask(adapter), stream);
 }
 
 void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
@@ -705,9 +694,9 @@ void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
   float* next = residual + (l + 1) * T * C;  // (T, C) layer output
   LayerActivations& a = activationsOf(l);
 
-  rmsnorm_forward(nullptr, normed1, rstd1, x, w.attnNorm, T, C, c.rmsEps, stream);
+  rmsnorm_forward(normed1, inputBf16, rstd1, x, w.attnNorm, T, C, c.rmsEps, stream);  // bf16: the three products' input
   float* qkv[3] = {q, k, vAct};
-  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), normed1, qkv[p], a.loraHidden, T, training);
+  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), inputBf16, normed1, qkv[p], a.loraHidden, T, training);
   rope_forward(q, ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream);
   rope_forward(k, ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream);
   to_bf16(a.q, q, T * QD, stream);
@@ -715,32 +704,34 @@ void CudaEngine::State::layerForward(int64_t l, int64_t T, bool training) {
   to_bf16(a.v, vAct, T * KD, stream);
   if (flash) {
     flash_attention_forward(flashArgs(a, T), stream);
+    to_f32(attn, a.attn, T * QD, stream);
   } else {
     attention_forward(attn, a.lse, q, k, vAct, seqStart, hostSeqStart.data(), attentionShape(T), attentionWorkspace,
                       cublas, stream);
     to_bf16(a.attn, attn, T * QD, stream);
   }
-  projectForward(l, Projection::O, a.attn, a.residual2, a.loraHidden, T, training);
+  projectForward(l, Projection::O, a.attn, attn, a.residual2, a.loraHidden, T, training);
   add_inplace(a.residual2, x, T * C, stream);
 
-  rmsnorm_forward(nullptr, normed2, rstd2, a.residual2, w.ffnNorm, T, C, c.rmsEps, stream);
-  projectForward(l, Projection::Gate, normed2, gate, a.loraHidden, T, training);
-  projectForward(l, Projection::Up, normed2, up, a.loraHidden, T, training);
-  swiglu_forward(hidden, a.gate, a.up, gate, up, T * F, stream);
-  projectForward(l, Projection::Down, hidden, next, a.loraHidden, T, training);
+  rmsnorm_forward(normed2, inputBf16, rstd2, a.residual2, w.ffnNorm, T, C, c.rmsEps, stream);  // bf16 for gate and up
+  projectForward(l, Projection::Gate, inputBf16, normed2, gate, a.loraHidden, T, training);
+  projectForward(l, Projection::Up, inputBf16, normed2, up, a.loraHidden, T, training);
+  swiglu_forward(hidden, inputBf16, a.gate, a.up, gate, up, T * F, stream);  // bf16 hidden: down's input
+  projectForward(l, Projection::Down, inputBf16, hidden, next, a.loraHidden, T, training);
   add_inplace(next, a.residual2, T * C, stream);
   workingLayer = l;
 }
 
-// A kept layer's backward needs the values its forward rebuilt per layer: the norms and SwiGLU's
-// product, from its input and its kept activations.
+// A kept layer's backward needs the values its forward rebuilt per layer: the norms, SwiGLU's
+// product and the fp32 attention output, from its input and its kept activations.
 void CudaEngine::State::rebuildLayerScratch(int64_t l, int64_t T) {
   const ModelConfig& c = model->config();
   const DeviceLayer& w = layers[static_cast<size_t>(l)];
   const LayerActivations& a = activationsOf(l);
-  rmsnorm_forward(nullptr, normed1, rstd1, residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream);
-  rmsnorm_forward(nullptr, normed2, rstd2, a.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream);
+  rmsnorm_forward(normed1, nullptr, rstd1, residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream);
+  rmsnorm_forward(normed2, nullptr, rstd2, a.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream);
   swiglu_forward(hidden, a.gate, a.up, T * c.nFf, stream);
+  to_f32(attn, a.attn, T * c.qDim(), stream);
   workingLayer = l;
 }
 
@@ -765,7 +756,7 @@ void CudaEngine::State::layerBackward(int64_t l, int64_t T, bool training) {
   rmsnorm_backward(dResidual, dNormed, a.residual2, w.ffnNorm, rstd2, T, C, stream);
 
   // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  projectBackward(l, Projection::O, dResidual, a.attn, dAttn, a.loraHidden, T, false, training);
+  projectBackward(l, Projection::O, dResidual, attn, dAttn, a.loraHidden, T, false, training);
   if (flash) {
     to_bf16(dAttnBf16, dAttn, T * c.qDim(), stream);
     flash_attention_backward(flashArgs(a, T), {dAttnBf16, dq, dk, dv, rowDots}, stream);
@@ -897,7 +888,6 @@ StepResult CudaEngine::step(const std::vector<Row>& rows, float lr) {
     hyper.sqrtCorrection2 = static_cast<float>(std::sqrt(correction2));
     hyper.gradScale = static_cast<float>(gradScale);
     adamw_update(s.params, s.m, s.v, s.grads, P, hyper, s.stream);
-    to_bf16(s.paramsBf16, s.params, P, s.stream);
     s.synchronize();
     s.recordDeviceUse();
     return {loss.lossSum, loss.tokens, gradNorm};
@@ -993,7 +983,6 @@ void CudaEngine::setLora(const std::vector<NamedTensorData>& tensors) {
   s.guarded("setLora", [&] {
     const std::vector<float> block = s.blockFromNamed(tensors, "", "setLora");
     s.upload(s.params, block.data(), sizeof(float) * block.size());
-    to_bf16(s.paramsBf16, s.params, static_cast<int64_t>(block.size()), s.stream);
     s.synchronize();
   });
 }

@@ -31,6 +31,11 @@ __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* inp, int64_t n) 
   if (i < n) out[i] = __float2bfloat16(inp[i]);
 }
 
+__global__ void to_f32_kernel(float* out, const __nv_bfloat16* inp, int64_t n) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __bfloat162float(inp[i]);
+}
+
 __global__ void add_bias_kernel(float* out, const float* bias, int64_t T, int64_t N) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < T * N) out[i] += bias[i % N];
@@ -46,10 +51,9 @@ __global__ void scatter_rows_kernel(float* out, const float* inp, const int32_t*
   if (i < n * C) out[static_cast<int64_t>(rows[i / C]) * C + i % C] = inp[i];
 }
 
-__global__ void dropout_forward_kernel(__nv_bfloat16* out, const __nv_bfloat16* inp, int64_t n, DropoutMask mask,
-                                       float keepScale) {
+__global__ void dropout_forward_kernel(float* out, const float* inp, int64_t n, DropoutMask mask, float keepScale) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = __float2bfloat16(keeps(mask, static_cast<uint64_t>(i)) ? __bfloat162float(inp[i]) * keepScale : 0.0f);
+  if (i < n) out[i] = keeps(mask, static_cast<uint64_t>(i)) ? inp[i] * keepScale : 0.0f;
 }
 
 __global__ void dropout_backward_kernel(float* dinp, const float* dout, int64_t n, DropoutMask mask, float keepScale) {
@@ -71,6 +75,12 @@ void to_bf16(__nv_bfloat16* out, const float* inp, int64_t n, cudaStream_t strea
   checkLaunch("to_bf16");
 }
 
+void to_f32(float* out, const __nv_bfloat16* inp, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  to_f32_kernel<<<blocksFor(n, kThreads), kThreads, 0, stream>>>(out, inp, n);
+  checkLaunch("to_f32");
+}
+
 void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream) {
   if (T * N == 0) return;
   add_bias_kernel<<<blocksFor(T * N, kThreads), kThreads, 0, stream>>>(out, bias, T, N);
@@ -89,7 +99,7 @@ void scatter_rows(float* out, const float* inp, const int32_t* rows, int64_t n, 
   checkLaunch("scatter_rows");
 }
 
-void dropout_forward(__nv_bfloat16* out, const __nv_bfloat16* inp, int64_t n, DropoutMask mask, cudaStream_t stream) {
+void dropout_forward(float* out, const float* inp, int64_t n, DropoutMask mask, cudaStream_t stream) {
   if (n == 0) return;
   dropout_forward_kernel<<<blocksFor(n, kThreads), kThreads, 0, stream>>>(out, inp, n, mask,
                                                                           1.0f / (1.0f - mask.dropout));

@@ -1,7 +1,6 @@
 // Launchers of the CUDA kernels, llm.c style: (outputs, inputs, sizes, stream), each checks its
-// launch and throws thinktune::Error on failure. Activations are T rows, row-major: the matrix
-// products take bf16 inputs (frozen base weights dequantized to bf16 once a layer per pass, LoRA's
-// fp32 master weights copied to bf16 after each update) and give fp32 outputs with fp32 sums.
+// launch and throws thinktune::Error on failure. Activations are fp32 (T rows, row-major), frozen
+// base weights are dequantized to bf16 just before their matrix product, LoRA runs in fp32.
 // Every function mirrors the CPU kernel of the same name in kernels/cpu/ (same formulas, same order
 // of the packed-sequence bookkeeping), which the GPU tests hold it to.
 #pragma once
@@ -46,6 +45,7 @@ void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_
 
 void add_inplace(float* a, const float* b, int64_t n, cudaStream_t stream);          // a (n) += b (n)
 void to_bf16(__nv_bfloat16* out, const float* inp, int64_t n, cudaStream_t stream);  // out (n) = inp (n)
+void to_f32(float* out, const __nv_bfloat16* inp, int64_t n, cudaStream_t stream);   // out (n) = inp (n)
 void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream);  // out (T, N) += bias (N)
 // out (n, C) = inp[rows[i]] (C) for i < n
 void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
@@ -59,13 +59,13 @@ struct DropoutMask {
   float dropout;
 };
 // out (n) = keep ? inp·1/(1−p) : 0
-void dropout_forward(__nv_bfloat16* out, const __nv_bfloat16* inp, int64_t n, DropoutMask mask, cudaStream_t stream);
+void dropout_forward(float* out, const float* inp, int64_t n, DropoutMask mask, cudaStream_t stream);
 // dinp (n) += keep ? dout·1/(1−p) : 0
 void dropout_backward(float* dinp, const float* dout, int64_t n, DropoutMask mask, cudaStream_t stream);
 
 // ---- rmsnorm.cu ----
 
-// out (T, C) = inp·rstd·weight in fp32 and/or bf16 (either may be null); rstd (T)
+// out (T, C) = inp·rstd·weight, and in bf16 as outBf16 unless it is null; rstd (T)
 void rmsnorm_forward(float* out, __nv_bfloat16* outBf16, float* rstd, const float* inp, const float* weight, int64_t T,
                      int64_t C, float eps, cudaStream_t stream);
 // dinp (T, C) += the input gradient
@@ -82,11 +82,11 @@ void rope_backward(float* dx, const float* cache, int64_t T, int64_t nHeads, int
 
 // ---- swiglu.cu ----
 
-// gBf16, uBf16 (n) = g, u rounded to bf16; h (n) = silu(g)·u of the rounded values, in bf16
-void swiglu_forward(__nv_bfloat16* h, __nv_bfloat16* gBf16, __nv_bfloat16* uBf16, const float* g, const float* u,
-                    int64_t n, cudaStream_t stream);
+// gBf16, uBf16 (n) = g, u rounded to bf16; h (n) = silu(g)·u of the rounded values, and in bf16 as hBf16
+void swiglu_forward(float* h, __nv_bfloat16* hBf16, __nv_bfloat16* gBf16, __nv_bfloat16* uBf16, const float* g,
+                    const float* u, int64_t n, cudaStream_t stream);
 // h (n) = silu(g)·u from the bf16 g, u the forward kept
-void swiglu_forward(__nv_bfloat16* h, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);
+void swiglu_forward(float* h, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);
 // dg, du (n) from dh and the bf16 g, u; dg may alias dh
 void swiglu_backward(float* dg, float* du, const float* dh, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n,
                      cudaStream_t stream);

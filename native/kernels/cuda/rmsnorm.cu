@@ -20,7 +20,7 @@ __global__ void rmsnorm_forward_kernel(float* out, __nv_bfloat16* outBf16, float
   float* y = out + t * C;  // (C)
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
     const float value = (x[c] * scale) * weight[c];
-    if (out) y[c] = value;
+    y[c] = value;
     if (outBf16) outBf16[t * C + c] = __float2bfloat16(value);
   }
 }
