@@ -25,7 +25,6 @@ namespace {
 using bf16 = __nv_bfloat16;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-constexpr int kKeyTile = 64;    // forward: keys per step
 constexpr int kQueryTile = 64;  // backward: queries per step
 
 // ---- tensor-core and copy primitives ----
@@ -96,40 +95,59 @@ __device__ inline uint32_t packBf16(float low, float high) {
   return *reinterpret_cast<const uint32_t*>(&pair);
 }
 
-// acc (16 × N) += A (16 × K, rows row0.. of tile `a`, k along its columns) · Bᵀ where B's rows are
-// the N rows n0.. of tile `b` (k along its columns too): the score product Q·Kᵀ and its relatives.
-template <int D, int N>
-__device__ inline void productABt(float (&acc)[N / 8][4], const bf16* a, int aRow0, const bf16* b, int bRow0,
-                                  int lane) {
+// acc[m] (16 × N) += A_m (16 × D: rows aRow0 + 16·m.. of tile `a`, k along its columns) · Bᵀ, B's
+// rows being the N rows bRow0.. of tile `b` (k along its columns too): the score product Q·Kᵀ and its
+// relatives. Each B fragment serves all M row tiles, so more rows per warp read less shared memory.
+template <int D, int N, int M>
+__device__ inline void productABtRows(float (&acc)[M][N / 8][4], const bf16* a, int aRow0, const bf16* b, int bRow0,
+                                      int lane) {
 #pragma unroll
   for (int k0 = 0; k0 < D; k0 += 16) {
-    uint32_t fa[4];
-    ldmatrix4(fa, tileAt<D>(a, aRow0 + (lane & 15), k0 + ((lane >> 4) << 3)));
+    uint32_t fa[M][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m) ldmatrix4(fa[m], tileAt<D>(a, aRow0 + m * 16 + (lane & 15), k0 + ((lane >> 4) << 3)));
 #pragma unroll
     for (int n = 0; n < N / 16; ++n) {
       uint32_t fb[4];  // two n8 tiles: rows n·16.. and n·16 + 8.., k0.. and k0 + 8..
       ldmatrix4(fb, tileAt<D>(b, bRow0 + n * 16 + (lane & 7) + ((lane >> 4) << 3), k0 + (((lane >> 3) & 1) << 3)));
-      mma(acc[2 * n], fa, fb[0], fb[1]);
-      mma(acc[2 * n + 1], fa, fb[2], fb[3]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma(acc[m][2 * n], fa[m], fb[0], fb[1]);
+        mma(acc[m][2 * n + 1], fa[m], fb[2], fb[3]);
+      }
     }
   }
 }
+template <int D, int N>
+__device__ inline void productABt(float (&acc)[N / 8][4], const bf16* a, int aRow0, const bf16* b, int bRow0,
+                                  int lane) {
+  productABtRows<D, N, 1>(reinterpret_cast<float(&)[1][N / 8][4]>(acc), a, aRow0, b, bRow0, lane);
+}
 
-// acc (16 × D) += P (16 × K, register fragments of a (16 × K) accumulator converted to bf16) · V
-// where V is rows v0.. of tile `v` (K rows, D columns): the value product P·V and its relatives.
-template <int D, int K>
-__device__ inline void productPV(float (&acc)[D / 8][4], const uint32_t (&p)[K / 16][4], const bf16* v, int vRow0,
-                                 int lane) {
+// acc[m] (16 × D) += P_m (16 × K, register fragments of a (16 × K) accumulator converted to bf16) · V
+// where V is rows vRow0.. of tile `v` (K rows, D columns): the value product P·V and its relatives.
+template <int D, int K, int M>
+__device__ inline void productPVRows(float (&acc)[M][D / 8][4], const uint32_t (&p)[M][K / 16][4], const bf16* v,
+                                     int vRow0, int lane) {
 #pragma unroll
   for (int kc = 0; kc < K / 16; ++kc) {
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) {
       uint32_t fb[4];  // rows k (keys) kc·16.., columns n·16.. and n·16 + 8.., transposed
       ldmatrix4Trans(fb, tileAt<D>(v, vRow0 + kc * 16 + (lane & 7) + (((lane >> 3) & 1) << 3), n * 16 + ((lane >> 4) << 3)));
-      mma(acc[2 * n], p[kc], fb[0], fb[1]);
-      mma(acc[2 * n + 1], p[kc], fb[2], fb[3]);
+#pragma unroll
+      for (int m = 0; m < M; ++m) {
+        mma(acc[m][2 * n], p[m][kc], fb[0], fb[1]);
+        mma(acc[m][2 * n + 1], p[m][kc], fb[2], fb[3]);
+      }
     }
   }
+}
+template <int D, int K>
+__device__ inline void productPV(float (&acc)[D / 8][4], const uint32_t (&p)[K / 16][4], const bf16* v, int vRow0,
+                                 int lane) {
+  productPVRows<D, K, 1>(reinterpret_cast<float(&)[1][D / 8][4]>(acc),
+                         reinterpret_cast<const uint32_t(&)[1][K / 16][4]>(p), v, vRow0, lane);
 }
 
 // The A fragments of a (16 × K) accumulator, as bf16: n8 tiles 2k and 2k + 1 make k16 slice k.
@@ -152,20 +170,23 @@ __device__ inline void zeroAccumulator(float (&acc)[N][4]) {
 
 // ---- forward ----
 
-template <int D, int kWarps>
+// kRowTiles 16-row tiles per warp: BM = 16·kRowTiles·warps query rows a block; with two row tiles a
+// warp the key step is 32 (the accumulators of 32 rows × 64 keys would not fit the registers).
+template <int D, int kWarps, int kRowTiles>
 struct ForwardTiles {
-  static constexpr int BM = 16 * kWarps;
-  static constexpr int kSharedBytes = (BM + 4 * kKeyTile) * D * 2;  // Q, then K and V double-buffered
+  static constexpr int BM = 16 * kRowTiles * kWarps;
+  static constexpr int BN = kRowTiles == 1 ? 64 : 32;
+  static constexpr int kSharedBytes = (BM + 4 * BN) * D * 2;  // Q, then K and V double-buffered
 };
 
 // grid (nHead, query tiles), heaviest tiles (the last queries see the most keys) first.
-template <int D, int kWarps>
+template <int D, int kWarps, int kRowTiles>
 __global__ void __launch_bounds__(kWarps * 32)
     flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                          const bf16* __restrict__ k, const bf16* __restrict__ v, const int32_t* __restrict__ seqStart,
                          int T, int nHead, int nHeadKv, float scaleLog2) {
-  using Tiles = ForwardTiles<D, kWarps>;
-  constexpr int BM = Tiles::BM, BN = kKeyTile;
+  using Tiles = ForwardTiles<D, kWarps, kRowTiles>;
+  constexpr int BM = Tiles::BM, BN = Tiles::BN, M = kRowTiles;
   extern __shared__ __align__(128) unsigned char shared[];
   bf16* sQ = reinterpret_cast<bf16*>(shared);  // (BM, D)
   bf16* sK = sQ + BM * D;                      // (2, BN, D)
@@ -183,18 +204,31 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int keyBegin = (seqStart[m0] / BN) * BN, keyEnd = lastQuery + 1;  // keys [keyBegin, keyEnd)
   const int tileSeqMax = seqStart[lastQuery];
 
-  // this thread's two rows of the warp's 16: g and g + 8
-  const int row0 = m0 + warp * 16 + lane / 4, row1 = row0 + 8;
-  const int start0 = row0 < T ? seqStart[row0] : 0x7fffffff, start1 = row1 < T ? seqStart[row1] : 0x7fffffff;
+  // this thread's two rows (g and g + 8) of each of the warp's row tiles
+  const int warpRow0 = warp * 16 * M;
+  int rows[M][2], starts[M][2];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      rows[m][r] = m0 + warpRow0 + m * 16 + lane / 4 + 8 * r;
+      starts[m][r] = rows[m][r] < T ? seqStart[rows[m][r]] : 0x7fffffff;
+    }
+  }
 
   loadTile<D>(sQ, qHead, qStride, m0, BM, T);
   loadTile<D>(sK, kHead, kStride, keyBegin, BN, T);
   loadTile<D>(sV, vHead, kStride, keyBegin, BN, T);
   cpAsyncCommit();
 
-  float o[D / 8][4];
-  zeroAccumulator(o);
-  float rowMax[2] = {-INFINITY, -INFINITY}, rowSum[2] = {0.0f, 0.0f};
+  float o[M][D / 8][4];
+  float rowMax[M][2], rowSum[M][2];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    zeroAccumulator(o[m]);
+    rowMax[m][0] = rowMax[m][1] = -INFINITY;
+    rowSum[m][0] = rowSum[m][1] = 0.0f;
+  }
 
   int buffer = 0;
   for (int n0 = keyBegin; n0 < keyEnd; n0 += BN, buffer ^= 1) {
@@ -208,74 +242,79 @@ __global__ void __launch_bounds__(kWarps * 32)
     const bf16* tileK = sK + buffer * BN * D;
     const bf16* tileV = sV + buffer * BN * D;
 
-    float s[BN / 8][4];
-    zeroAccumulator(s);
-    productABt<D, BN>(s, sQ, warp * 16, tileK, 0, lane);
+    float s[M][BN / 8][4];
+#pragma unroll
+    for (int m = 0; m < M; ++m) zeroAccumulator(s[m]);
+    productABtRows<D, BN, M>(s, sQ, warpRow0, tileK, 0, lane);
 
     // mask only where the tile crosses the diagonal, a sequence start or the end of the row
     const bool masked = n0 + BN - 1 > m0 || n0 < tileSeqMax || n0 + BN > T || m0 + BM > T;
-    float tileMax[2] = {-INFINITY, -INFINITY};
+    uint32_t p[M][BN / 16][4];
 #pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
+    for (int m = 0; m < M; ++m) {
+      float tileMax[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = n0 + n * 8 + (lane % 4) * 2 + (e & 1);
-        const int row = e < 2 ? row0 : row1, start = e < 2 ? start0 : start1;
-        float value = s[n][e] * scaleLog2;
-        if (masked && (key > row || key < start || row >= T)) value = -INFINITY;
-        s[n][e] = value;
-        tileMax[e / 2] = fmaxf(tileMax[e / 2], value);
+      for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = n0 + n * 8 + (lane % 4) * 2 + (e & 1);
+          const int row = rows[m][e / 2], start = starts[m][e / 2];
+          float value = s[m][n][e] * scaleLog2;
+          if (masked && (key > row || key < start || row >= T)) value = -INFINITY;
+          s[m][n][e] = value;
+          tileMax[e / 2] = fmaxf(tileMax[e / 2], value);
+        }
       }
-    }
-    float reference[2], rescale[2];
+      float reference[2], rescale[2];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffu, tileMax[r], 1));
-      tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffu, tileMax[r], 2));
-      const float newMax = fmaxf(rowMax[r], tileMax[r]);
-      reference[r] = newMax == -INFINITY ? 0.0f : newMax;  // a row that has seen no key yet stays 0
-      rescale[r] = exp2f(rowMax[r] - reference[r]);
-      rowMax[r] = newMax;
-      rowSum[r] *= rescale[r];
-    }
-#pragma unroll
-    for (int n = 0; n < BN / 8; ++n) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        s[n][e] = exp2f(s[n][e] - reference[e / 2]);
-        rowSum[e / 2] += s[n][e];
+      for (int r = 0; r < 2; ++r) {
+        tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffu, tileMax[r], 1));
+        tileMax[r] = fmaxf(tileMax[r], __shfl_xor_sync(0xffffffffu, tileMax[r], 2));
+        const float newMax = fmaxf(rowMax[m][r], tileMax[r]);
+        reference[r] = newMax == -INFINITY ? 0.0f : newMax;  // a row that has seen no key yet stays 0
+        rescale[r] = exp2f(rowMax[m][r] - reference[r]);
+        rowMax[m][r] = newMax;
+        rowSum[m][r] *= rescale[r];
       }
-    }
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      o[n][0] *= rescale[0];
-      o[n][1] *= rescale[0];
-      o[n][2] *= rescale[1];
-      o[n][3] *= rescale[1];
+      for (int n = 0; n < BN / 8; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          s[m][n][e] = exp2f(s[m][n][e] - reference[e / 2]);
+          rowSum[m][e / 2] += s[m][n][e];
+        }
+      }
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[m][n][0] *= rescale[0];
+        o[m][n][1] *= rescale[0];
+        o[m][n][2] *= rescale[1];
+        o[m][n][3] *= rescale[1];
+      }
+      accumulatorToA<BN>(p[m], s[m]);
     }
-    uint32_t p[BN / 16][4];
-    accumulatorToA<BN>(p, s);
-    productPV<D, BN>(o, p, tileV, 0, lane);
+    productPVRows<D, BN, M>(o, p, tileV, 0, lane);
     __syncthreads();  // the next iteration's prefetch overwrites this buffer
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    rowSum[r] += __shfl_xor_sync(0xffffffffu, rowSum[r], 1);
-    rowSum[r] += __shfl_xor_sync(0xffffffffu, rowSum[r], 2);
-  }
-  const float inverse[2] = {1.0f / rowSum[0], 1.0f / rowSum[1]};
+  for (int m = 0; m < M; ++m) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = r == 0 ? row0 : row1;
-    if (row >= T) continue;
-    bf16* target = out + row * qStride + static_cast<int64_t>(h) * D + (lane % 4) * 2;
+    for (int r = 0; r < 2; ++r) {
+      float sum = rowSum[m][r];
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      const int row = rows[m][r];
+      if (row >= T) continue;
+      const float inverse = 1.0f / sum;
+      bf16* target = out + row * qStride + static_cast<int64_t>(h) * D + (lane % 4) * 2;
 #pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<__nv_bfloat162*>(target + n * 8) =
-          __floats2bfloat162_rn(o[n][2 * r] * inverse[r], o[n][2 * r + 1] * inverse[r]);
+      for (int n = 0; n < D / 8; ++n) {
+        *reinterpret_cast<__nv_bfloat162*>(target + n * 8) =
+            __floats2bfloat162_rn(o[m][n][2 * r] * inverse, o[m][n][2 * r + 1] * inverse);
+      }
+      if (lane % 4 == 0) lse[static_cast<int64_t>(h) * T + row] = (rowMax[m][r] + log2f(sum)) * kLn2;
     }
-    if (lane % 4 == 0) lse[static_cast<int64_t>(h) * T + row] = (rowMax[r] + log2f(rowSum[r])) * kLn2;
   }
 }
 
@@ -466,10 +505,10 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-template <int D, int kWarps>
+template <int D, int kWarps, int kRowTiles>
 void launchForward(const FlashAttentionArgs& a, cudaStream_t stream) {
-  using Tiles = ForwardTiles<D, kWarps>;
-  auto kernel = flash_forward_kernel<D, kWarps>;
+  using Tiles = ForwardTiles<D, kWarps, kRowTiles>;
+  auto kernel = flash_forward_kernel<D, kWarps, kRowTiles>;
   check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tiles::kSharedBytes),
         "cudaFuncSetAttribute (flash_forward_kernel)");
   const dim3 grid(static_cast<unsigned>(a.nHead), static_cast<unsigned>((a.T + Tiles::BM - 1) / Tiles::BM));
@@ -496,9 +535,10 @@ void launchBackward(const FlashAttentionArgs& a, const FlashAttentionGradients& 
   checkLaunch("flash_backward_kernel");
 }
 
-std::string unsupported(const FlashAttentionArgs& a, int warps) {
-  return "flash attention: head dimension " + std::to_string(a.D) + " with " + std::to_string(warps) +
-         " warps is not supported (head dimension 64 or 128, 4 or 8 warps)";
+std::string unsupported(const FlashAttentionArgs& a, const char* pass, int warps, int rowTiles) {
+  return std::string("flash attention ") + pass + ": head dimension " + std::to_string(a.D) + " with " +
+         std::to_string(warps) + " warps of " + std::to_string(rowTiles) +
+         " row tiles is not built (head dimension 64 or 128; see flash_attention_forward/backward)";
 }
 
 }  // namespace
@@ -508,22 +548,22 @@ bool flashAttentionSupports(int64_t headDim, int64_t nHead, int64_t nHeadKv) {
 }
 
 void flash_attention_forward(const FlashAttentionArgs& args, cudaStream_t stream) {
-  const int warps = args.forwardWarps;
-  if (args.D == 128 && warps == 4) launchForward<128, 4>(args, stream);
-  else if (args.D == 128 && warps == 8) launchForward<128, 8>(args, stream);
-  else if (args.D == 64 && warps == 4) launchForward<64, 4>(args, stream);
-  else if (args.D == 64 && warps == 8) launchForward<64, 8>(args, stream);
-  else throw Error(unsupported(args, warps));
+  const int warps = args.forwardWarps, tiles = args.forwardRowTiles;
+  if (args.D == 128 && warps == 8 && tiles == 1) launchForward<128, 8, 1>(args, stream);
+  else if (args.D == 128 && warps == 4 && tiles == 2) launchForward<128, 4, 2>(args, stream);
+  else if (args.D == 128 && warps == 8 && tiles == 2) launchForward<128, 8, 2>(args, stream);
+  else if (args.D == 64 && warps == 8 && tiles == 1) launchForward<64, 8, 1>(args, stream);
+  else if (args.D == 64 && warps == 4 && tiles == 2) launchForward<64, 4, 2>(args, stream);
+  else if (args.D == 64 && warps == 8 && tiles == 2) launchForward<64, 8, 2>(args, stream);
+  else throw Error(unsupported(args, "forward", warps, tiles));
 }
 
 void flash_attention_backward(const FlashAttentionArgs& args, const FlashAttentionGradients& gradients,
                               cudaStream_t stream) {
   const int warps = args.backwardWarps;
-  if (args.D == 128 && warps == 4) launchBackward<128, 4>(args, gradients, stream);
-  else if (args.D == 128 && warps == 8) launchBackward<128, 8>(args, gradients, stream);
-  else if (args.D == 64 && warps == 4) launchBackward<64, 4>(args, gradients, stream);
+  if (args.D == 128 && warps == 8) launchBackward<128, 8>(args, gradients, stream);
   else if (args.D == 64 && warps == 8) launchBackward<64, 8>(args, gradients, stream);
-  else throw Error(unsupported(args, warps));
+  else throw Error(unsupported(args, "backward", warps, 1));
 }
 
 }  // namespace thinktune::cuda

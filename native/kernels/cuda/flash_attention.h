@@ -18,8 +18,9 @@ struct FlashAttentionArgs {
   const int32_t* seqStart = nullptr;  // (T) first position of each position's sequence
   int T = 0, nHead = 0, nHeadKv = 0, D = 0;
   float scale = 1.0f;                // applied to q·k
-  // 16 query rows (forward) or keys (backward) per warp; 8 and 8 measured fastest on an H200
-  int forwardWarps = 8, backwardWarps = 8;
+  // forward: forwardRowTiles × 16 query rows per warp; backward: 16 keys per warp (8 warps, measured
+  // fastest on an H200; flash_attention_forward/backward list the builds)
+  int forwardWarps = 8, forwardRowTiles = 1, backwardWarps = 8;
 };
 
 struct FlashAttentionGradients {
