@@ -58,7 +58,7 @@ export { writeMergedModel } from "./export/merged.js";
 export { writeOllamaFolder } from "./export/ollama.js";
 export { loadAdapterSource } from "./export/source.js";
 export { exportAdapter, exportFormats } from "./export/export.js";
-export { ExportError } from "./export/atomic.js";
+export { ExportError } from "./export/errors.js";
 export type { ExportFormat, ExportOptions, ExportResult } from "./export/export.js";
 export type { AdapterSource } from "./export/source.js";
 export { Trainer, TrainingError, TrainingDivergedError } from "./train/trainer.js";

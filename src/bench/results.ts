@@ -1,8 +1,9 @@
 // Benchmark records: one JSON line per measurement in bench/results.jsonl, and bench/RESULTS.md, a
 // table for people regenerated from all records each time.
 import { existsSync } from "node:fs";
-import { appendFile, mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { appendFile, mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
+import { writeFileAtomic } from "../util/atomic-file.js";
 
 export interface BenchRecord {
   /** YYYY-MM-DD */
@@ -230,10 +231,7 @@ export function renderResultsMarkdown(all: AnyBenchRecord[], profile?: string): 
 
 /** Rewrites the Markdown table from every record (temp file + rename). */
 export async function writeResultsMarkdown(file: string, records: AnyBenchRecord[]): Promise<void> {
-  await mkdir(path.dirname(file), { recursive: true });
-  const temp = `${file}.${process.pid}.tmp`;
   const profileFile = path.join(path.dirname(file), "profile.md");
   const profile = existsSync(profileFile) ? await readFile(profileFile, "utf8") : undefined;
-  await writeFile(temp, renderResultsMarkdown(records, profile));
-  await rename(temp, file);
+  await writeFileAtomic(file, renderResultsMarkdown(records, profile));
 }

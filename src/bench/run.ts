@@ -3,7 +3,7 @@
 import { createHash } from "node:crypto";
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, rename } from "node:fs/promises";
+import { mkdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -55,16 +55,15 @@ export async function benchModel(input: SynthInput, progress: BenchProgress): Pr
   if (!existsSync(file)) {
     await mkdir(benchModelDir, { recursive: true });
     progress(`writing the benchmark model ${path.relative(process.cwd(), file)} (${(synthParameterCount(options) / 1e6).toFixed(0)}M parameters, ${options.type}); cached for later runs`);
-    const temp = `${file}.${process.pid}.partial`;
     let lastReport = 0;
-    await writeSynthModel(temp, options, ({ index, count }) => {
+    // written under a temporary name and renamed (GgufWriter), so an interrupted run leaves no model behind
+    await writeSynthModel(file, options, ({ index, count }) => {
       const now = performance.now();
       if (now - lastReport > 10_000) {
         lastReport = now;
         progress(`  tensor ${index}/${count}`);
       }
     });
-    await rename(temp, file);
   }
   return { path: file, options };
 }

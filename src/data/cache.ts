@@ -1,8 +1,9 @@
 // The tokenized cache: one file per key (vocabulary, template, data bytes, options), written to a temp name and
 // renamed. Layout: "TTDC", u32 format version, u32 JSON length, JSON, zero padding to 4 bytes, int32 tokens.
 import { createHash } from "node:crypto";
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+import { readFile } from "node:fs/promises";
 import path from "node:path";
+import { writeFileAtomic } from "../util/atomic-file.js";
 import type { TokenizedExample } from "./pack.js";
 
 const magic = "TTDC";
@@ -78,8 +79,5 @@ export async function writeCache<Report>(file: string, data: CachedData<Report>)
   header.writeUInt32LE(json.length, 8);
   const padding = Buffer.alloc(Math.ceil(json.length / 4) * 4 - json.length);
   const tokenBuffers = [...data.train, ...data.validation].map((example) => Buffer.from(example.tokens.buffer, example.tokens.byteOffset, example.tokens.byteLength));
-  await mkdir(path.dirname(file), { recursive: true });
-  const temp = `${file}.${process.pid}.${Date.now()}.tmp`;
-  await writeFile(temp, Buffer.concat([header, json, padding, ...tokenBuffers]));
-  await rename(temp, file);
+  await writeFileAtomic(file, [header, json, padding, ...tokenBuffers]);
 }

@@ -3,7 +3,7 @@ import { open } from "node:fs/promises";
 import { loadNativeAddon } from "../native/addon.js";
 import type { GgufModelFile, GgufTensor } from "../gguf/read.js";
 import { ggmlTensorBytes, ggmlTypeLayoutById } from "../gguf/ggml-types.js";
-import { ExportError } from "./atomic.js";
+import { ExportError } from "./errors.js";
 
 export function findTensor(file: GgufModelFile, name: string): GgufTensor {
   const tensor = file.tensors.find((entry) => entry.name === name);

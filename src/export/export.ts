@@ -1,6 +1,6 @@
 // `thinktune export`: one LoRA source, four destinations.
 import path from "node:path";
-import { checkWritable, ExportError } from "./atomic.js";
+import { checkWritable, ExportError } from "./errors.js";
 import { writeGgufAdapter, type AdapterTensorType } from "./gguf-adapter.js";
 import { writeMergedModel, type MergedTensorType } from "./merged.js";
 import { writeOllamaFolder } from "./ollama.js";

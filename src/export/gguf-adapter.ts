@@ -10,7 +10,7 @@ import { GgmlType } from "../native/addon.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { ggmlTensorBytes, ggmlTypeLabel } from "../gguf/ggml-types.js";
 import { GgufWriter, gguf } from "../gguf/writer.js";
-import { ExportError } from "./atomic.js";
+import { ExportError } from "./errors.js";
 import { float16ToFloat32Array, float32ArrayToFloat16 } from "./float16.js";
 
 export type AdapterTensorType = "F32" | "F16";

@@ -3,7 +3,7 @@
 // merged model must carry every key exactly as the base stored it. Only the key/value section is read.
 import { open } from "node:fs/promises";
 import type { GgufValue } from "../gguf/writer.js";
-import { ExportError } from "./atomic.js";
+import { ExportError } from "./errors.js";
 
 const scalarTypes = ["u8", "i8", "u16", "i16", "u32", "i32", "f32", "bool", "string", "array", "u64", "i64", "f64"] as const;
 const scalarSizes: Record<string, number> = { u8: 1, i8: 1, u16: 2, i16: 2, u32: 4, i32: 4, f32: 4, bool: 1, u64: 8, i64: 8, f64: 8 };

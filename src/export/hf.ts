@@ -2,7 +2,7 @@
 import type { NamedTensor, NativeModelConfig } from "../native/addon.js";
 import type { GgufModelFile } from "../gguf/read.js";
 import { modelConfigFromGguf } from "../gguf/model-config.js";
-import { ExportError } from "./atomic.js";
+import { ExportError } from "./errors.js";
 
 /** llama.cpp block tensor → transformers module inside model.layers[i] (LoRA-adaptable linears). */
 export const hfModuleOfBlockTensor: Record<string, string> = {

@@ -6,7 +6,7 @@ import { loadNativeAddon, GgmlType, type GgmlTypeName, type NamedTensor } from "
 import { readGgufModel, type GgufTensor } from "../gguf/read.js";
 import { ggmlTypeLayoutById } from "../gguf/ggml-types.js";
 import { GgufWriter, gguf } from "../gguf/writer.js";
-import { ExportError } from "./atomic.js";
+import { ExportError } from "./errors.js";
 import { elementCount, readTensorBytes } from "./base-tensors.js";
 import { checkLoraAgainstBase, type LoraPair } from "./gguf-adapter.js";
 import { readTypedGgufMetadata } from "./gguf-metadata.js";

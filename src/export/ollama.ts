@@ -6,7 +6,8 @@ import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import type { NamedTensor } from "../native/addon.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
-import { ExportError, writeFolderAtomic } from "./atomic.js";
+import { checkWritable, ExportError } from "./errors.js";
+import { writeFolderAtomic } from "../util/atomic-file.js";
 import { writeGgufAdapter, type AdapterTensorType } from "./gguf-adapter.js";
 
 export interface OllamaExportOptions {
@@ -84,7 +85,8 @@ export async function writeOllamaFolder(outDir: string, options: OllamaExportOpt
   const baseAbsolutePath = path.resolve(options.baseModelPath);
   const base = await readGgufModel(baseAbsolutePath);
   const modelfile = r1Modelfile(base, baseAbsolutePath);
-  await writeFolderAtomic(outDir, options.overwrite ?? false, async (dir) => {
+  await checkWritable(outDir, options.overwrite ?? false);
+  await writeFolderAtomic(outDir, async (dir) => {
     await writeGgufAdapter(path.join(dir, ollamaAdapterFileName), {
       baseModelPath: baseAbsolutePath,
       alpha: options.alpha,

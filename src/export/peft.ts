@@ -5,7 +5,8 @@ import path from "node:path";
 import type { NamedTensor } from "../native/addon.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { modelConfigFromGguf } from "../gguf/model-config.js";
-import { ExportError, writeFolderAtomic } from "./atomic.js";
+import { checkWritable, ExportError } from "./errors.js";
+import { writeFolderAtomic } from "../util/atomic-file.js";
 import { findTensor, readTensorF32 } from "./base-tensors.js";
 import { checkLoraAgainstBase } from "./gguf-adapter.js";
 import { ggufTensorOfHfModule, hfBaseModelName, hfConfigFromGguf, hfModuleOfGgufTensor, permuteRows, permutedHeads } from "./hf.js";
@@ -80,7 +81,8 @@ export async function writePeftAdapter(outDir: string, options: PeftExportOption
   const { tensors, rank, targetModules } = toPeftTensors(base, options.tensors);
   const adapterConfig = peftAdapterConfig(base, rank, options.alpha, targetModules);
   const hfConfig = await baseHfConfig(base);
-  await writeFolderAtomic(outDir, options.overwrite ?? false, async (dir) => {
+  await checkWritable(outDir, options.overwrite ?? false);
+  await writeFolderAtomic(outDir, async (dir) => {
     await writeSafetensors(path.join(dir, "adapter_model.safetensors"), tensors, { format: "pt" }, options.dtype ?? "F32");
     await writeFile(path.join(dir, "adapter_config.json"), `${JSON.stringify(adapterConfig, null, 2)}\n`);
     await writeFile(path.join(dir, "config.json"), `${JSON.stringify(hfConfig, null, 2)}\n`);

@@ -4,7 +4,7 @@
 // order, which is little-endian on every platform Node ships for.
 import { readFile } from "node:fs/promises";
 import type { NamedTensor } from "../native/addon.js";
-import { writeFileAtomic } from "./atomic.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
 import { bfloat16ToFloat32Array, float16ToFloat32Array, float32ArrayToFloat16 } from "./float16.js";
 
 export class SafetensorsError extends Error {

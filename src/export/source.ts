@@ -6,7 +6,7 @@ import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import type { NamedTensor } from "../native/addon.js";
 import { readGgufModel } from "../gguf/read.js";
-import { ExportError } from "./atomic.js";
+import { ExportError } from "./errors.js";
 import { checkLoraAgainstBase, readGgufAdapter } from "./gguf-adapter.js";
 import { readPeftAdapter } from "./peft.js";
 import { readSafetensors } from "./safetensors.js";

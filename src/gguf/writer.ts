@@ -1,8 +1,8 @@
 // A streamed GGUF v3 writer: the header is built in memory, tensor data is pulled from one producer per
 // tensor and written in order, so a multi-GB file never sits in memory. Written to <path>.tmp, then renamed.
-import { open, rename, rm, type FileHandle } from "node:fs/promises";
 import { ggmlTensorBytes, ggmlTypeLayouts } from "./ggml-types.js";
 import type { GgmlTypeName } from "../native/addon.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
 
 const GGUF_MAGIC = 0x46554747; // "GGUF" little-endian
 const GGUF_VERSION = 3;
@@ -266,50 +266,33 @@ export class GgufWriter {
 
   /** Writes the file to `<path>.tmp`, then renames it to `path`. Returns the file size. */
   async write(path: string): Promise<number> {
-    const tempPath = `${path}.tmp`;
-    let file: FileHandle;
-    try {
-      file = await open(tempPath, "w");
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      const reason = code === "ENOENT" ? "its folder does not exist" : code === "EACCES" ? "permission denied" : code === "EISDIR" ? "it is a directory" : (error as Error).message;
-      throw new Error(`cannot write ${path}: ${reason}`);
-    }
-    let position = 0;
-    const put = async (bytes: Uint8Array): Promise<void> => {
-      let done = 0;
-      while (done < bytes.length) {
-        const { bytesWritten } = await file.write(bytes, done, bytes.length - done, position);
-        done += bytesWritten;
-        position += bytesWritten;
-      }
-    };
-    try {
-      await put(this.header());
-      const padding = new Uint8Array(this.alignment);
-      for (const tensor of this.tensors) {
-        let written = 0;
-        const produced = await tensor.produce();
-        const chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = produced instanceof Uint8Array ? [produced] : produced;
-        for await (const chunk of chunks) {
-          if (written + chunk.length > tensor.bytes) {
-            throw new Error(`GGUF tensor "${tensor.name}": its producer gave more than the ${tensor.bytes} bytes a ${tensor.type} [${tensor.dims.join(", ")}] tensor takes`);
-          }
-          await put(chunk);
-          written += chunk.length;
+    return writeFileAtomic(path, this.fileChunks(), { createFolder: false, temporaryPath: `${path}.tmp` });
+  }
+
+  /** Header, then each tensor's bytes padded to the alignment, as produced. */
+  private async *fileChunks(): AsyncGenerator<Uint8Array> {
+    const header = this.header();
+    yield header;
+    let position = header.length;
+    const padding = new Uint8Array(this.alignment);
+    for (const tensor of this.tensors) {
+      let written = 0;
+      const produced = await tensor.produce();
+      const chunks: AsyncIterable<Uint8Array> | Iterable<Uint8Array> = produced instanceof Uint8Array ? [produced] : produced;
+      for await (const chunk of chunks) {
+        if (written + chunk.length > tensor.bytes) {
+          throw new Error(`GGUF tensor "${tensor.name}": its producer gave more than the ${tensor.bytes} bytes a ${tensor.type} [${tensor.dims.join(", ")}] tensor takes`);
         }
-        if (written !== tensor.bytes) {
-          throw new Error(`GGUF tensor "${tensor.name}": its producer gave ${written} bytes, a ${tensor.type} [${tensor.dims.join(", ")}] tensor takes ${tensor.bytes}`);
-        }
-        await put(padding.subarray(0, alignUp(position, this.alignment) - position));
+        yield chunk;
+        written += chunk.length;
       }
-      await file.close();
-    } catch (error) {
-      await file.close().catch(() => undefined);
-      await rm(tempPath, { force: true });
-      throw error;
+      if (written !== tensor.bytes) {
+        throw new Error(`GGUF tensor "${tensor.name}": its producer gave ${written} bytes, a ${tensor.type} [${tensor.dims.join(", ")}] tensor takes ${tensor.bytes}`);
+      }
+      position += written;
+      const pad = alignUp(position, this.alignment) - position;
+      yield padding.subarray(0, pad);
+      position += pad;
     }
-    await rename(tempPath, path);
-    return position;
   }
 }

@@ -1,7 +1,7 @@
 // A conversation with one model (base or adapter): the history as the R1 template wants it (earlier
 // turns keep only their answers; the thought is kept beside them for /save), a system prompt, reset.
-import { mkdir, rename, writeFile } from "node:fs/promises";
 import path from "node:path";
+import { writeFileAtomic } from "../util/atomic-file.js";
 import type { GenerationOptions, GenerationResult } from "./generate.js";
 import type { ModelHost } from "./models.js";
 import type { ChatMessage } from "./prompt.js";
@@ -50,7 +50,6 @@ export class ChatSession {
   /** Writes the conversation as JSON ({model, system, messages}) under a temporary name, then renames it. */
   async save(file: string): Promise<string> {
     const target = path.resolve(file);
-    await mkdir(path.dirname(target), { recursive: true });
     const record = {
       model: this.host.modelPath,
       served: this.modelId,
@@ -59,9 +58,7 @@ export class ChatSession {
       messages: this.#turns.map((turn) => (turn.role === "assistant" ? { role: turn.role, content: turn.content, reasoning_content: turn.reasoning ?? "" } : turn)),
       savedAt: new Date().toISOString(),
     };
-    const temporary = `${target}.${process.pid}.tmp`;
-    await writeFile(temporary, `${JSON.stringify(record, null, 2)}\n`);
-    await rename(temporary, target);
+    await writeFileAtomic(target, `${JSON.stringify(record, null, 2)}\n`);
     return target;
   }
 }

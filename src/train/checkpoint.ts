@@ -1,12 +1,12 @@
 // Checkpoints: checkpoints/step-N/{lora.safetensors, optimizer.safetensors, state.json}. Each is built
 // in checkpoints/.step-N.tmp and renamed into place only when complete, so a process killed mid-write
 // leaves every earlier checkpoint intact and the partial folder is ignored (and cleared next time).
-import { mkdir, readdir, readFile, rename, rm, writeFile, open } from "node:fs/promises";
+import { readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
 import { z } from "zod";
 import type { NamedTensor } from "../native/addon.js";
 import { readSafetensors, writeSafetensors } from "../export/safetensors.js";
-import { pathExists } from "../export/atomic.js";
+import { isTemporarySiblingName, writeFileAtomic, writeFolderAtomic } from "../util/atomic-file.js";
 
 export class CheckpointError extends Error {
   constructor(message: string) {
@@ -53,41 +53,23 @@ export function checkpointsDir(runDir: string): string {
 
 const completeName = /^step-(\d+)$/;
 
-async function fsyncFile(file: string): Promise<void> {
-  const handle = await open(file, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-}
-
 export async function saveCheckpoint(runDir: string, checkpoint: Omit<Checkpoint, "dir">): Promise<string> {
   const parent = checkpointsDir(runDir);
   const name = `step-${checkpoint.state.step}`;
   const finalDir = path.join(parent, name);
-  const temporaryDir = path.join(parent, `.${name}.tmp`);
-  await mkdir(parent, { recursive: true });
-  await rm(temporaryDir, { recursive: true, force: true });
-  await mkdir(temporaryDir);
-  await writeSafetensors(path.join(temporaryDir, "lora.safetensors"), checkpoint.lora, { format: "thinktune-lora" });
-  await writeSafetensors(path.join(temporaryDir, "optimizer.safetensors"), checkpoint.optimizer.tensors, {
-    format: "thinktune-adamw",
-    step: String(checkpoint.optimizer.step),
-  });
-  const stateFile = path.join(temporaryDir, "state.json");
-  await writeFile(stateFile, `${JSON.stringify(checkpoint.state, null, 2)}\n`);
-  await fsyncFile(stateFile);
   // A checkpoint of the same step (a resumed run re-reaching it) is replaced only once the new one is whole.
-  if (await pathExists(finalDir)) {
-    const stale = path.join(parent, `.${name}.old`);
-    await rm(stale, { recursive: true, force: true });
-    await rename(finalDir, stale);
-    await rename(temporaryDir, finalDir);
-    await rm(stale, { recursive: true, force: true });
-  } else {
-    await rename(temporaryDir, finalDir);
-  }
+  await writeFolderAtomic(
+    finalDir,
+    async (dir) => {
+      await writeSafetensors(path.join(dir, "lora.safetensors"), checkpoint.lora, { format: "thinktune-lora" });
+      await writeSafetensors(path.join(dir, "optimizer.safetensors"), checkpoint.optimizer.tensors, {
+        format: "thinktune-adamw",
+        step: String(checkpoint.optimizer.step),
+      });
+      await writeFileAtomic(path.join(dir, "state.json"), `${JSON.stringify(checkpoint.state, null, 2)}\n`);
+    },
+    { temporaryPath: path.join(parent, `.${name}.tmp`) },
+  );
   return finalDir;
 }
 
@@ -159,6 +141,6 @@ export async function pruneCheckpoints(runDir: string, keepLast: number, keepSte
     return;
   }
   for (const name of names) {
-    if (/^\.step-\d+\.(tmp|old)$/.test(name)) await rm(path.join(checkpointsDir(runDir), name), { recursive: true, force: true });
+    if (/^\.step-\d+\.tmp$/.test(name) || (name.startsWith(".step-") && isTemporarySiblingName(name))) await rm(path.join(checkpointsDir(runDir), name), { recursive: true, force: true });
   }
 }

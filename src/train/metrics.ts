@@ -1,6 +1,6 @@
 // metrics.jsonl: one JSON record per optimizer step and per evaluation, appended as they happen.
 import { appendFile, readFile } from "node:fs/promises";
-import { writeFileAtomic } from "../export/atomic.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
 
 export interface StepRecord {
   type: "step";

@@ -2,7 +2,7 @@
 // train and validation loss, learning rate and throughput from its metrics records.
 import type { EvalRecord, MetricsRecord, StepRecord } from "./metrics.js";
 import type { TrainingConfig } from "./config.js";
-import { writeFileAtomic } from "../export/atomic.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
 
 interface Series {
   label: string;

@@ -6,7 +6,7 @@ import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
 import type { NamedTensor } from "../native/addon.js";
 import { loadTrainingData, packExamples, type DataReport, type PackedRow, type TokenizedExample } from "../data/index.js";
-import { writeFileAtomic } from "../export/atomic.js";
+import { writeFileAtomic } from "../util/atomic-file.js";
 import { writeGgufAdapter } from "../export/gguf-adapter.js";
 import { readGgufModel } from "../gguf/read.js";
 import { planEpoch, countSteps, type BatchingOptions, type EpochPlan } from "./batches.js";
