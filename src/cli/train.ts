@@ -7,8 +7,8 @@ import {
   readConfigFile,
   resolveConfig,
   TrainingConfigError,
+  type ConfigLayer,
   type TrainingConfig,
-  type TrainingConfigInput,
 } from "../train/config.js";
 import { generatePreview, type Preview } from "../train/preview.js";
 import { Trainer, TrainingDivergedError, type TrainerEvent, type TrainerStepEvent } from "../train/trainer.js";
@@ -171,36 +171,27 @@ interface TrainFlags extends Record<string, unknown> {
   resume?: string;
 }
 
+/** "learningRate (--lr)": a key as errors about the command line name it. */
+function withFlag(key: string): string {
+  const flag = flagFor(key.replace(/\[.*$/, ""));
+  return flag ? `${key} (${flag})` : key;
+}
+
+/** The configuration, resolved once here, handed to the Trainer as it is. */
 async function resolveTrainer(flags: TrainFlags): Promise<Trainer> {
   const { layer, given } = flagsLayer(flags);
-  const label = (key: string) => (flagFor(key) ? `${key} (${flagFor(key)})` : key);
+  const commandLine: ConfigLayer = { value: layer, source: "command line", label: withFlag };
   if (flags.resume !== undefined) {
     if (flags.config !== undefined) throw new TrainingConfigError("--resume continues a run with the config saved in it; drop --config");
-    return Trainer.resume(path.resolve(flags.resume), withFlagLabels(layer, label));
+    return Trainer.resume(path.resolve(flags.resume), commandLine);
   }
   // no config, model or data named: the embedded default run, whose defaults are tuned for the tiny model
   const embeddedDefault = flags.config === undefined && !given.includes("model") && !given.includes("data");
-  const layers: { value: unknown; source: string }[] = [];
+  const layers: ConfigLayer[] = [];
   if (embeddedDefault) layers.push({ value: embeddedDefaultOverrides, source: "embedded default" });
   if (flags.config !== undefined) layers.push({ value: await readConfigFile(flags.config), source: flags.config });
-  layers.push({ value: withFlagLabels(layer, label), source: "command line" });
-  const config: TrainingConfig = resolveConfig(layers);
-  return new Trainer(config);
-}
-
-/** Flags are validated as a layer of their own; the error names the flag next to the key. */
-function withFlagLabels(layer: Record<string, unknown>, label: (key: string) => string): TrainingConfigInput {
-  try {
-    resolveConfig([{ value: layer, source: "command line" }]);
-  } catch (error) {
-    if (error instanceof TrainingConfigError) {
-      throw new TrainingConfigError(
-        error.message.replace(/ for ([A-Za-z.]+)/g, (_, key: string) => ` for ${label(key)}`).replace(/^configuration: /, "command line: "),
-      );
-    }
-    throw error;
-  }
-  return layer as TrainingConfigInput;
+  layers.push(commandLine);
+  return new Trainer(resolveConfig(layers));
 }
 
 /** The data facts that matter before a run starts, above all examples lost to the max length. */

@@ -4,7 +4,7 @@
 // "\n</think>\n\n" + answer + the template's end of turn; loss from the first completion token. Earlier
 // assistant turns keep only their answers, exactly as inference renders them.
 import path from "node:path";
-import { readGgufModel } from "../gguf/read.js";
+import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { cacheFilePath, cacheKey, hashBytes, readCache, writeCache } from "./cache.js";
 import { DataError, type DataIssue, type DataIssueKind } from "./errors.js";
 import { detectFileFormat, normalizeRecord, type Conversation, type Turn } from "./formats.js";
@@ -42,7 +42,7 @@ export interface TrainingData {
 interface PendingExample {
   file: string;
   line: number;
-  role: "train" | "validation";
+  role: Role;
   promptParts: PromptPart[];
   reasoningParts: PromptPart[];
   answerParts: PromptPart[];
@@ -58,8 +58,8 @@ interface ModelVocabulary {
   hash: string;
 }
 
-async function readVocabulary(modelPath: string): Promise<ModelVocabulary> {
-  const file = await readGgufModel(modelPath);
+/** The tokenizer facts of an already-read GGUF: its template, the BOS/EOS texts and a hash of every tokenizer key. */
+function readVocabulary(file: GgufModelFile): ModelVocabulary {
   const tokenizerEntries = Object.entries(file.metadata)
     .filter(([key]) => key.startsWith("tokenizer."))
     .sort(([a], [b]) => (a < b ? -1 : 1));
@@ -140,107 +140,152 @@ interface InspectOptions {
   tokenizer?: PartTokenizer;
 }
 
-/**
- * Reads, checks, renders and tokenizes training data without throwing on invalid examples: the report lists
- * them. loadTrainingData is this plus "stop when there are errors".
- */
-export async function inspectTrainingData(modelPath: string, dataOptions: DataOptions, inspect: InspectOptions = {}): Promise<Inspection> {
-  const options = parseDataOptions(dataOptions);
-  const vocabulary = await readVocabulary(modelPath);
-  const template = resolveChatTemplate(vocabulary.chatTemplate, options.template, modelPath);
-  const thinkRequired = options.think === "required" || (options.think === "auto" && template.opensThinking);
+type Role = "train" | "validation";
+
+/** Errors and warnings as they are found; an error makes its whole record invalid. */
+class IssueLog {
+  readonly errors: DataIssue[] = [];
+  readonly warnings: DataIssue[] = [];
+  readonly invalidRecords = new Set<string>();
+
+  error(issue: DataIssue): void {
+    this.errors.push(issue);
+    this.invalidRecords.add(`${issue.file}:${issue.line}`);
+  }
+
+  warn(example: { file: string; line: number }, kind: DataIssueKind, message: string): void {
+    this.warnings.push(issueAt(example, kind, message));
+  }
+
+  isInvalid(example: { file: string; line: number }): boolean {
+    return this.invalidRecords.has(`${example.file}:${example.line}`);
+  }
+
+  /** Both lists in reading order (files as listed, then by line); under strict, warnings become errors too. */
+  finish(fileReports: DataReport["files"], strict: boolean): void {
+    const fileOrder = new Map(fileReports.map((file, index) => [file.path, index]));
+    const readingOrder = (a: DataIssue, b: DataIssue): number => fileOrder.get(a.file)! - fileOrder.get(b.file)! || a.line - b.line;
+    this.warnings.sort(readingOrder);
+    if (strict) {
+      for (const warning of this.warnings) this.error({ ...warning, message: `${warning.message} (an error under strict)` });
+    }
+    this.errors.sort(readingOrder);
+  }
+}
+
+interface DataInputs {
+  dataPaths: string[];
+  trainFiles: DataFile[];
+  validationFiles: DataFile[];
+}
+
+async function readInputs(options: ResolvedDataOptions): Promise<DataInputs> {
   const dataPaths = asPathList(options.data);
   const trainFiles = await readDataFiles(dataPaths);
   const validationFiles = options.valData === undefined ? [] : await readDataFiles(asPathList(options.valData));
+  return { dataPaths, trainFiles, validationFiles };
+}
+
+/** The cache key of these inputs (vocabulary, template, data bytes, options) and where its file lives. */
+function locateCache(options: ResolvedDataOptions, vocabulary: ModelVocabulary, template: ChatTemplate, inputs: DataInputs): { key: string; file?: string } {
   const describeFiles = (files: DataFile[]) => files.map((file) => ({ name: file.name, sha256: hashBytes(file.bytes) }));
   // data paths enter the key through the files' names and bytes; where the cache lives does not matter
   const { cacheDir, data: _dataPaths, valData: _valDataPaths, ...keyedOptions } = options;
   const key = cacheKey({
     vocabulary: vocabulary.hash,
     template: { source: template.source, text: template.text },
-    train: describeFiles(trainFiles),
-    validation: describeFiles(validationFiles),
+    train: describeFiles(inputs.trainFiles),
+    validation: describeFiles(inputs.validationFiles),
     options: keyedOptions,
   });
-  const cacheFile = cacheDir === false ? undefined : cacheFilePath(cacheDir ?? path.join(path.dirname(path.resolve(dataPaths[0])), ".thinktune-cache"), key);
-  if (cacheFile && !inspect.keepTexts) {
-    const cached = await readCache<DataReport>(cacheFile);
-    if (cached) return { ...cached, report: { ...cached.report, cache: { key, file: cacheFile, hit: true } } };
-  }
+  const file = cacheDir === false ? undefined : cacheFilePath(cacheDir ?? path.join(path.dirname(path.resolve(inputs.dataPaths[0])), ".thinktune-cache"), key);
+  return { key, file };
+}
 
-  const errors: DataIssue[] = [];
-  const warnings: DataIssue[] = [];
-  const invalidRecords = new Set<string>();
-  const addError = (issue: DataIssue): void => {
-    errors.push(issue);
-    invalidRecords.add(`${issue.file}:${issue.line}`);
-  };
-  const fileReports: DataReport["files"] = [];
-  const pending: PendingExample[] = [];
-  let records = 0;
+interface RenderedData {
+  fileReports: DataReport["files"];
+  pending: PendingExample[];
+  /** JSON records read, valid or not */
+  records: number;
   /** turns of each record that rendered; strict mode may still invalidate some */
-  const renderedTurns = new Map<string, number>();
-  for (const [role, files] of [["train", trainFiles], ["validation", validationFiles]] as const) {
+  renderedTurns: Map<string, number>;
+}
+
+/** Parses every file, normalizes each record to a conversation and renders its trained turns. */
+function renderInputs(inputs: DataInputs, options: ResolvedDataOptions, template: ChatTemplate, thinkRequired: boolean, issues: IssueLog): RenderedData {
+  const rendered: RenderedData = { fileReports: [], pending: [], records: 0, renderedTurns: new Map() };
+  for (const [role, files] of [["train", inputs.trainFiles], ["validation", inputs.validationFiles]] as const) {
     for (const file of files) {
       const parsed = parseDataFile(file);
-      parsed.issues.forEach(addError);
-      records += parsed.records.length + parsed.issues.length;
+      parsed.issues.forEach((issue) => issues.error(issue));
+      rendered.records += parsed.records.length + parsed.issues.length;
       const fileFormat = options.format ?? detectFileFormat(parsed.records);
-      fileReports.push({ path: file.name, format: fileFormat, records: parsed.records.length + parsed.issues.length, role });
+      rendered.fileReports.push({ path: file.name, format: fileFormat, records: parsed.records.length + parsed.issues.length, role });
       for (const record of parsed.records) {
         const { conversation, issue } = normalizeRecord(record, options.format, fileFormat);
         if (issue) {
-          addError(issue);
+          issues.error(issue);
           continue;
         }
-        const rendered = renderConversation(conversation!, template, options, thinkRequired, role);
-        if (rendered.issue) {
-          addError(rendered.issue);
+        const turns = renderConversation(conversation!, template, options, thinkRequired, role);
+        if (turns.issue) {
+          issues.error(turns.issue);
           continue;
         }
-        renderedTurns.set(`${record.file}:${record.line}`, conversation!.turns.length);
-        pending.push(...rendered.examples);
+        rendered.renderedTurns.set(`${record.file}:${record.line}`, conversation!.turns.length);
+        rendered.pending.push(...turns.examples);
       }
     }
   }
+  return rendered;
+}
 
-  // text-level warnings
+/** Warnings from the texts alone: looping reasoning, language mismatch, an answer only in the reasoning, duplicates. */
+function warnAboutTexts(pending: PendingExample[], issues: IssueLog): void {
   const seen = new Map<string, string>();
-  const warn = (example: PendingExample, kind: DataIssueKind, message: string): void => {
-    warnings.push(issueAt(example, kind, message));
-  };
   for (const example of pending) {
     if (example.reasoning !== undefined) {
       const loop = loopingReason(example.reasoning);
-      if (loop) warn(example, "looping-reasoning", loop);
+      if (loop) issues.warn(example, "looping-reasoning", loop);
       const language = languageMismatchReason(example.question, example.reasoning);
-      if (language) warn(example, "language-mismatch", language);
+      if (language) issues.warn(example, "language-mismatch", language);
       const onlyInReasoning = answerOnlyInReasoningReason(example.reasoning, example.answer);
-      if (onlyInReasoning) warn(example, "answer-only-in-reasoning", onlyInReasoning);
+      if (onlyInReasoning) issues.warn(example, "answer-only-in-reasoning", onlyInReasoning);
     }
     const identity = hashBytes(JSON.stringify([example.promptParts, example.reasoningParts, example.answerParts]));
     const first = seen.get(identity);
-    if (first !== undefined) warn(example, "duplicate", `duplicate example: the same as ${first}`);
+    if (first !== undefined) issues.warn(example, "duplicate", `duplicate example: the same as ${first}`);
     else seen.set(identity, `${example.file}:${example.line}`);
   }
+}
 
-  // tokenize (only here is node-llama-cpp's binary needed)
-  const tokenizer = inspect.tokenizer ?? (pending.length > 0 ? await loadPartTokenizer(modelPath) : undefined);
-  let tokenized;
+interface TokenizedPending {
+  example: PendingExample;
+  prompt: number[];
+  completion: number[];
+  reasoningTokens: number;
+  answerTokens: number;
+}
+
+/** Tokenizes prompts and completions (only here is node-llama-cpp's binary needed). */
+async function tokenizePending(pending: PendingExample[], modelPath: string, tokenTexts: TokenTexts, given: PartTokenizer | undefined): Promise<TokenizedPending[]> {
+  const tokenizer = given ?? (pending.length > 0 ? await loadPartTokenizer(modelPath) : undefined);
   try {
-    tokenized = pending.map((example) => {
+    return pending.map((example) => {
       const prompt = tokenizer!.tokenizePrompt(example.promptParts);
-      const completion = tokenizer!.tokenizeCompletion(partsToText([...example.reasoningParts, ...example.answerParts], vocabulary.tokenTexts));
+      const completion = tokenizer!.tokenizeCompletion(partsToText([...example.reasoningParts, ...example.answerParts], tokenTexts));
       const reasoningTokens = example.reasoning === undefined ? 0 : tokenizer!.countTokens(example.reasoning);
       const answerTokens = tokenizer!.countTokens(example.answer);
       return { example, prompt, completion, reasoningTokens, answerTokens };
     });
   } finally {
-    if (tokenizer && !inspect.tokenizer) await tokenizer.dispose();
+    if (tokenizer && !given) await tokenizer.dispose();
   }
+}
 
-  // reasoning far longer than the rest of its file
-  const byFile = new Map<string, typeof tokenized>();
+/** Warns about reasoning far longer than the rest of its file. */
+function warnAboutOutlierLengths(tokenized: TokenizedPending[], issues: IssueLog): void {
+  const byFile = new Map<string, TokenizedPending[]>();
   for (const entry of tokenized) {
     if (entry.example.reasoning === undefined) continue;
     const entries = byFile.get(entry.example.file);
@@ -252,40 +297,46 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
     if (threshold === undefined) continue;
     for (const entry of entries) {
       if (entry.reasoningTokens > threshold) {
-        warn(entry.example, "outlier-length", `outlier length: the reasoning has ${entry.reasoningTokens} tokens, far more than the rest of the file (over ${Math.round(threshold)})`);
+        issues.warn(entry.example, "outlier-length", `outlier length: the reasoning has ${entry.reasoningTokens} tokens, far more than the rest of the file (over ${Math.round(threshold)})`);
       }
     }
   }
-  // issues in reading order: files as listed, then by line
-  const fileOrder = new Map(fileReports.map((file, index) => [file.path, index]));
-  const readingOrder = (a: DataIssue, b: DataIssue): number => fileOrder.get(a.file)! - fileOrder.get(b.file)! || a.line - b.line;
-  warnings.sort(readingOrder);
-  if (options.strict) {
-    for (const warning of warnings) addError({ ...warning, message: `${warning.message} (an error under strict)` });
-  }
-  errors.sort(readingOrder);
+}
 
-  // length limit, then the split
-  const kept: (RenderedExample & { role: "train" | "validation"; reasoningTokens: number; answerTokens: number; promptTokens: number; hasReasoning: boolean })[] = [];
-  let tooLong = 0;
-  let truncated = 0;
-  let longest = 0;
+interface KeptExample extends RenderedExample {
+  role: Role;
+  reasoningTokens: number;
+  answerTokens: number;
+  promptTokens: number;
+  hasReasoning: boolean;
+}
+
+interface LengthLimited {
+  kept: KeptExample[];
+  tooLong: number;
+  truncated: number;
+  longest: number;
+}
+
+/** Drops invalid records and examples over maxLength (or cuts them, under truncate, when the prompt fits). */
+function applyLengthLimit(tokenized: TokenizedPending[], options: ResolvedDataOptions, issues: IssueLog, tokenTexts: TokenTexts, keepTexts: boolean): LengthLimited {
+  const result: LengthLimited = { kept: [], tooLong: 0, truncated: 0, longest: 0 };
   for (const { example, prompt, completion, reasoningTokens, answerTokens } of tokenized) {
-    if (invalidRecords.has(`${example.file}:${example.line}`)) continue;
+    if (issues.isInvalid(example)) continue;
     let tokens = [...prompt, ...completion];
-    longest = Math.max(longest, tokens.length);
+    result.longest = Math.max(result.longest, tokens.length);
     if (tokens.length > options.maxLength) {
-      tooLong++;
+      result.tooLong++;
       if (!options.truncate || prompt.length >= options.maxLength) continue;
       tokens = tokens.slice(0, options.maxLength);
-      truncated++;
+      result.truncated++;
     }
-    kept.push({
+    result.kept.push({
       source: `${example.file}:${example.line}`,
       tokens: Int32Array.from(tokens),
       lossFrom: prompt.length,
-      prompt: inspect.keepTexts ? partsToText(example.promptParts, vocabulary.tokenTexts) : "",
-      completion: inspect.keepTexts ? partsToText([...example.reasoningParts, ...example.answerParts], vocabulary.tokenTexts) : "",
+      prompt: keepTexts ? partsToText(example.promptParts, tokenTexts) : "",
+      completion: keepTexts ? partsToText([...example.reasoningParts, ...example.answerParts], tokenTexts) : "",
       role: example.role,
       promptTokens: prompt.length,
       reasoningTokens,
@@ -293,27 +344,43 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
       hasReasoning: example.reasoning !== undefined,
     });
   }
-  const strip = (example: (typeof kept)[number]): TokenizedExample => ({ source: example.source, tokens: example.tokens, lossFrom: example.lossFrom });
-  let train: TokenizedExample[];
-  let validation: TokenizedExample[];
-  if (validationFiles.length > 0) {
-    train = kept.filter((example) => example.role === "train").map(strip);
-    validation = kept.filter((example) => example.role === "validation").map(strip);
-  } else {
-    const sources = new Set(kept.map((example) => example.source)).size;
-    const fraction = options.valSplit ?? (sources >= 10 ? 0.1 : 0);
-    ({ train, validation } = splitValidation(kept.map(strip), fraction, options.seed));
-  }
+  return result;
+}
 
+/** Separate validation files decide the split; otherwise valSplit (0.1, or 0 under 10 records) by seed. */
+function splitKept(kept: KeptExample[], hasValidationFiles: boolean, options: ResolvedDataOptions): { train: TokenizedExample[]; validation: TokenizedExample[] } {
+  const strip = (example: KeptExample): TokenizedExample => ({ source: example.source, tokens: example.tokens, lossFrom: example.lossFrom });
+  if (hasValidationFiles) {
+    return { train: kept.filter((example) => example.role === "train").map(strip), validation: kept.filter((example) => example.role === "validation").map(strip) };
+  }
+  const sources = new Set(kept.map((example) => example.source)).size;
+  const fraction = options.valSplit ?? (sources >= 10 ? 0.1 : 0);
+  return splitValidation(kept.map(strip), fraction, options.seed);
+}
+
+interface ReportInputs {
+  options: ResolvedDataOptions;
+  template: ChatTemplate;
+  thinkRequired: boolean;
+  rendered: RenderedData;
+  limited: LengthLimited;
+  split: { train: TokenizedExample[]; validation: TokenizedExample[] };
+  issues: IssueLog;
+  cache: { key: string; file?: string };
+}
+
+function buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache }: ReportInputs): DataReport {
+  const { kept } = limited;
+  const { train, validation } = split;
   const warningCounts: DataReport["warningCounts"] = {};
-  for (const warning of warnings) warningCounts[warning.kind] = (warningCounts[warning.kind] ?? 0) + 1;
+  for (const warning of issues.warnings) warningCounts[warning.kind] = (warningCounts[warning.kind] ?? 0) + 1;
   const countTokens = (examples: TokenizedExample[]) => examples.reduce((sum, example) => sum + example.tokens.length, 0);
-  const validTurns = [...renderedTurns].filter(([source]) => !invalidRecords.has(source)).map(([, turns]) => turns);
-  const report: DataReport = {
-    files: fileReports,
+  const validTurns = [...rendered.renderedTurns].filter(([source]) => !issues.invalidRecords.has(source)).map(([, turns]) => turns);
+  return {
+    files: rendered.fileReports,
     template: { source: template.source, opensThinking: template.opensThinking },
     think: thinkRequired ? "required" : "optional",
-    records,
+    records: rendered.records,
     validRecords: validTurns.length,
     turns: validTurns.reduce((sum, turns) => sum + turns, 0),
     examples: { total: kept.length, train: train.length, validation: validation.length, withReasoning: kept.filter((example) => example.hasReasoning).length },
@@ -328,18 +395,55 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
       validation: countTokens(validation),
       trainedTrain: train.reduce((sum, example) => sum + example.tokens.length - example.lossFrom, 0),
     },
-    dropped: { invalid: invalidRecords.size, tooLong, truncated, longest, lengthToKeepAll: longest, maxLength: options.maxLength },
-    errorCount: errors.length,
-    errors: errors.slice(0, options.maxReportedIssues),
-    warningCount: warnings.length,
+    dropped: {
+      invalid: issues.invalidRecords.size,
+      tooLong: limited.tooLong,
+      truncated: limited.truncated,
+      longest: limited.longest,
+      lengthToKeepAll: limited.longest,
+      maxLength: options.maxLength,
+    },
+    errorCount: issues.errors.length,
+    errors: issues.errors.slice(0, options.maxReportedIssues),
+    warningCount: issues.warnings.length,
     warningCounts,
-    warnings: warnings.slice(0, options.maxReportedIssues),
-    cache: { key, file: cacheFile, hit: false },
+    warnings: issues.warnings.slice(0, options.maxReportedIssues),
+    cache: { key: cache.key, file: cache.file, hit: false },
   };
-  const result: Inspection = { train, validation, report };
-  if (inspect.keepTexts) result.rendered = kept.map(({ source, tokens, lossFrom, prompt, completion }) => ({ source, tokens, lossFrom, prompt, completion }));
-  const failing = errors.length > 0 && options.onInvalid === "error";
-  if (cacheFile && !inspect.keepTexts && !failing && kept.length > 0) await writeCache(cacheFile, { train, validation, report });
+}
+
+/**
+ * Reads, checks, renders and tokenizes training data without throwing on invalid examples: the report lists
+ * them. loadTrainingData is this plus "stop when there are errors". `model` is a GGUF path, or the file
+ * already read (a training run reads it once).
+ */
+export async function inspectTrainingData(model: string | GgufModelFile, dataOptions: DataOptions | ResolvedDataOptions, inspect: InspectOptions = {}): Promise<Inspection> {
+  const options = parseDataOptions(dataOptions);
+  const modelFile = typeof model === "string" ? await readGgufModel(model) : model;
+  const vocabulary = readVocabulary(modelFile);
+  const template = resolveChatTemplate(vocabulary.chatTemplate, options.template, modelFile.path);
+  const thinkRequired = options.think === "required" || (options.think === "auto" && template.opensThinking);
+  const inputs = await readInputs(options);
+  const cache = locateCache(options, vocabulary, template, inputs);
+  if (cache.file && !inspect.keepTexts) {
+    const cached = await readCache<DataReport>(cache.file);
+    if (cached) return { ...cached, report: { ...cached.report, cache: { key: cache.key, file: cache.file, hit: true } } };
+  }
+
+  const issues = new IssueLog();
+  const rendered = renderInputs(inputs, options, template, thinkRequired, issues);
+  warnAboutTexts(rendered.pending, issues);
+  const tokenized = await tokenizePending(rendered.pending, modelFile.path, vocabulary.tokenTexts, inspect.tokenizer);
+  warnAboutOutlierLengths(tokenized, issues);
+  issues.finish(rendered.fileReports, options.strict);
+  const limited = applyLengthLimit(tokenized, options, issues, vocabulary.tokenTexts, inspect.keepTexts ?? false);
+  const split = splitKept(limited.kept, inputs.validationFiles.length > 0, options);
+  const report = buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache });
+
+  const result: Inspection = { ...split, report };
+  if (inspect.keepTexts) result.rendered = limited.kept.map(({ source, tokens, lossFrom, prompt, completion }) => ({ source, tokens, lossFrom, prompt, completion }));
+  const failing = issues.errors.length > 0 && options.onInvalid === "error";
+  if (cache.file && !inspect.keepTexts && !failing && limited.kept.length > 0) await writeCache(cache.file, { ...split, report });
   return result;
 }
 
@@ -359,10 +463,10 @@ export class NoTrainingDataError extends Error {
  * DataError listing every invalid example (up to maxReportedIssues) when onInvalid is "error". A second call
  * with the same inputs reads the tokenized cache and does not load node-llama-cpp.
  */
-export async function loadTrainingData(modelPath: string, options: DataOptions): Promise<TrainingData> {
-  const { train, validation, report } = await inspectTrainingData(modelPath, options);
-  const onInvalid = parseDataOptions(options).onInvalid;
-  if (report.errorCount > 0 && onInvalid === "error") throw new DataError(report.errors, report.errorCount);
+export async function loadTrainingData(model: string | GgufModelFile, dataOptions: DataOptions | ResolvedDataOptions): Promise<TrainingData> {
+  const options = parseDataOptions(dataOptions);
+  const { train, validation, report } = await inspectTrainingData(model, options);
+  if (report.errorCount > 0 && options.onInvalid === "error") throw new DataError(report.errors, report.errorCount);
   if (train.length === 0) throw new NoTrainingDataError(report);
   return { train, validation, report };
 }

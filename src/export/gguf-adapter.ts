@@ -18,6 +18,8 @@ export type AdapterTensorType = "F32" | "F16";
 export interface GgufAdapterOptions {
   /** the base model GGUF the adapter was trained on; its architecture and shapes are checked */
   baseModelPath: string;
+  /** that model's header when the caller has read it already (a training run reads it once) */
+  baseModel?: GgufModelFile;
   alpha: number;
   /** `<base tensor>.lora_a` [rank, in] and `<base tensor>.lora_b` [out, rank], row-major */
   tensors: NamedTensor[];
@@ -118,7 +120,7 @@ export async function writeGgufAdapter(file: string, options: GgufAdapterOptions
     // llama.cpp treats alpha 0 as "scale 1", not as alpha/rank: refuse rather than change the numbers
     throw new ExportError(`LoRA alpha must be a positive number, got ${options.alpha}`);
   }
-  const base = await readGgufModel(options.baseModelPath);
+  const base = options.baseModel ?? (await readGgufModel(options.baseModelPath));
   const { arch, rank, pairs } = checkLoraAgainstBase(base, options.tensors, `adapter for ${file}`);
   const baseName = typeof base.metadata["general.name"] === "string" ? (base.metadata["general.name"] as string) : path.basename(base.path, ".gguf");
   const writer = new GgufWriter();

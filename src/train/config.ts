@@ -7,9 +7,9 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { loadNativeAddon } from "../native/addon.js";
-import { builtinTemplateNames, dataFormats } from "../data/options.js";
+import { dataSettingsSchema } from "../data/options.js";
 import { parseByteSize } from "./byte-size.js";
-import { loraTargets } from "./engine.js";
+import { loraSettingsSchema, optimizerSettingsSchema, threadsSchema } from "./engine-options.js";
 
 export class TrainingConfigError extends Error {
   constructor(message: string) {
@@ -24,7 +24,12 @@ export const embeddedModelPath = path.join(projectRoot, "models", "tiny-r1.gguf"
 export const embeddedDataPath = path.join(projectRoot, "examples", "data");
 
 const positiveInt = z.int().min(1);
+const data = dataSettingsSchema.shape;
 
+/**
+ * Composed from the schemas of each concern (data: data/options.ts; LoRA, optimizer, threads:
+ * engine-options.ts), which state their defaults and bounds; what is only the trainer's is stated here.
+ */
 export const trainingConfigSchema = z.strictObject({
   /** free text, ignored: where a recipe comes from */
   comment: z.union([z.string(), z.array(z.string())]).optional(),
@@ -34,20 +39,14 @@ export const trainingConfigSchema = z.strictObject({
   data: z.string().min(1).default(embeddedDataPath),
   /** separate validation data; without it `valSplit` of the training data is held out */
   valData: z.string().min(1).optional(),
-  /** held-out fraction; the data loader's default (0.1, or 0 with fewer than 10 examples) when absent */
-  valSplit: z.number().min(0).max(0.9).optional(),
-  /** record format; detected per file when absent */
-  format: z.enum(dataFormats).optional(),
-  /** a built-in chat template instead of the GGUF's own */
-  template: z.enum(builtinTemplateNames).optional(),
-  /** "auto": reasoning required when the template opens <think> (R1 models) */
-  think: z.enum(["required", "optional", "auto"]).default("auto"),
-  onInvalid: z.enum(["error", "skip"]).default("error"),
-  trainOn: z.enum(["last", "all"]).default("last"),
-  /** cut examples longer than maxLength instead of dropping them */
-  truncate: z.boolean().default(false),
-  /** data warnings (looping reasoning, outliers, ...) stop the run */
-  strict: z.boolean().default(false),
+  valSplit: data.valSplit,
+  format: data.format,
+  template: data.template,
+  think: data.think,
+  onInvalid: data.onInvalid,
+  trainOn: data.trainOn,
+  truncate: data.truncate,
+  strict: data.strict,
   /** run folder; runs/<timestamp> when absent */
   out: z.string().min(1).optional(),
   device: z.enum(["auto", "cpu", "cuda"]).default("auto"),
@@ -56,34 +55,17 @@ export const trainingConfigSchema = z.strictObject({
     .string()
     .refine((text) => parseByteSize(text) !== undefined, 'Expected a size like "24GiB" or "512MiB" for gpuMemory')
     .optional(),
-  /** CPU threads, 0 = all cores */
-  threads: z.int().min(0).default(0),
-  lora: z
-    .strictObject({
-      rank: positiveInt.default(16),
-      alpha: z.number().positive().default(32),
-      targets: z.array(z.enum(loraTargets)).min(1).default([...loraTargets]),
-      dropout: z.number().min(0).max(0.9).default(0),
-    })
-    .prefault({}),
+  threads: threadsSchema,
+  lora: loraSettingsSchema.prefault({}),
   learningRate: z.number().positive().default(1e-4),
   /** linear warmup steps; 5% of the run when absent */
   warmupSteps: z.int().min(0).optional(),
   lrSchedule: z.enum(["cosine", "constant"]).default("cosine"),
   /** where cosine decay ends */
   minLearningRate: z.number().min(0).default(0),
-  optimizer: z
-    .strictObject({
-      beta1: z.number().min(0).max(1).default(0.9),
-      beta2: z.number().min(0).max(1).default(0.999),
-      eps: z.number().positive().default(1e-8),
-      weightDecay: z.number().min(0).default(0),
-      /** clip the global gradient norm to this; 0 turns clipping off */
-      clipNorm: z.number().min(0).default(1.0),
-    })
-    .prefault({}),
-  /** longest row in tokens; rows are packed up to it */
-  maxLength: positiveInt.default(4096),
+  optimizer: optimizerSettingsSchema.prefault({}),
+  /** longest example and packed row in tokens (the engine plans its memory for rows this long) */
+  maxLength: data.maxLength,
   /** token budget of one micro-batch; maxLength when absent */
   batchTokens: positiveInt.optional(),
   /** micro-batches accumulated into one optimizer step */
@@ -91,7 +73,8 @@ export const trainingConfigSchema = z.strictObject({
   epochs: positiveInt.default(3),
   /** stop after this many optimizer steps (cycling epochs as needed); overrides `epochs` */
   maxSteps: positiveInt.optional(),
-  seed: z.int().min(0).default(0),
+  /** data order, validation split, LoRA initialization and dropout */
+  seed: data.seed,
   /** validation loss every N steps (and at the end) */
   evalEvery: positiveInt.default(100),
   checkpointEvery: positiveInt.default(100),
@@ -141,16 +124,17 @@ function keyPath(issuePath: readonly PropertyKey[]): string {
   return issuePath.map((part) => (typeof part === "number" ? `[${part}]` : String(part))).join(".").replace(/\.\[/g, "[");
 }
 
-/** One line per problem, each naming the key, what it should be and what it was. */
-export function formatConfigIssues(issues: readonly z.core.$ZodIssue[]): string[] {
+/** One line per problem, each naming the key (as `label` names it), what it should be and what it was. */
+export function formatConfigIssues(issues: readonly z.core.$ZodIssue[], label: (key: string) => string = (key) => key): string[] {
   const lines: string[] = [];
   for (const issue of issues) {
-    const at = keyPath(issue.path);
+    const at = label(keyPath(issue.path));
     const input = (issue as { input?: unknown }).input;
     switch (issue.code) {
       case "unrecognized_keys":
         for (const key of issue.keys) {
-          const full = at === "" ? key : `${at}.${key}`;
+          const parent = keyPath(issue.path);
+          const full = parent === "" ? key : `${parent}.${key}`;
           lines.push(`Unknown key "${full}"${suggestKey(key, issue.path)}`);
         }
         break;
@@ -190,11 +174,20 @@ function suggestKey(key: string, parent: readonly PropertyKey[]): string {
   return match ? `; did you mean "${match}"?` : `; known keys: ${Object.keys(shape).join(", ")}`;
 }
 
-/** Validates one layer of configuration (a file, flags, a library call); `source` names it in errors. */
-export function validateConfigLayer(value: unknown, source: string): TrainingConfigInput {
+/** One layer of configuration: a config file, the command line, a library call. */
+export interface ConfigLayer {
+  value: unknown;
+  /** names the layer in errors: a file path, "command line" */
+  source: string;
+  /** how a key is named in this layer's errors, e.g. "learningRate (--lr)" */
+  label?: (key: string) => string;
+}
+
+/** Validates one layer on its own, so an error names the layer it is in. */
+export function validateConfigLayer({ value, source, label }: ConfigLayer): TrainingConfigInput {
   const result = trainingConfigSchema.partial().safeParse(value, { reportInput: true });
   if (!result.success) {
-    const lines = formatConfigIssues(result.error.issues);
+    const lines = formatConfigIssues(result.error.issues, label);
     throw new TrainingConfigError(`${source}: ${lines.length === 1 ? lines[0] : `\n  ${lines.join("\n  ")}`}`);
   }
   return value as TrainingConfigInput;
@@ -215,9 +208,17 @@ function mergeLayers(layers: TrainingConfigInput[]): TrainingConfigInput {
   return merged as TrainingConfigInput;
 }
 
+// configurations resolveConfig made: handed down (CLI → Trainer), they are used as they are
+const resolvedConfigs = new WeakSet<object>();
+
+/** True for a configuration resolveConfig returned (and nothing has replaced since). */
+export function isResolvedConfig(config: TrainingConfigInput | TrainingConfig): config is TrainingConfig {
+  return resolvedConfigs.has(config);
+}
+
 /** Defaults ← each layer in order (later wins, nested objects merged); paths made absolute. */
-export function resolveConfig(layers: { value: unknown; source: string }[], cwd = process.cwd()): TrainingConfig {
-  const validated = layers.map((layer) => validateConfigLayer(layer.value, layer.source));
+export function resolveConfig(layers: ConfigLayer[], cwd = process.cwd()): TrainingConfig {
+  const validated = layers.map(validateConfigLayer);
   const result = trainingConfigSchema.safeParse(mergeLayers(validated), { reportInput: true });
   if (!result.success) throw new TrainingConfigError(`configuration: ${formatConfigIssues(result.error.issues).join("; ")}`);
   const config = result.data;
@@ -225,9 +226,7 @@ export function resolveConfig(layers: { value: unknown; source: string }[], cwd 
   config.data = path.resolve(cwd, config.data);
   if (config.valData !== undefined) config.valData = path.resolve(cwd, config.valData);
   if (config.out !== undefined) config.out = path.resolve(cwd, config.out);
-  if (config.lora.targets.length !== new Set(config.lora.targets).size) {
-    throw new TrainingConfigError(`configuration: lora.targets lists a target twice (${config.lora.targets.join(", ")})`);
-  }
+  resolvedConfigs.add(config);
   return config;
 }
 

@@ -1,69 +1,21 @@
 // The public training engine: a GGUF model with LoRA adapters, trained and evaluated by the native
 // addon off the JS thread. Options are validated here (zod); the native side gets a plain config.
 import os from "node:os";
-import { z } from "zod";
+import type { z } from "zod";
 import { modelConfigFromGguf } from "../gguf/model-config.js";
-import { readGgufModel } from "../gguf/read.js";
+import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import {
   loadNativeAddon,
-  type LoraTarget,
   type NamedTensor,
   type NativeEngine,
   type NativeEngineOptions,
   type NativeModelConfig,
   type NativeRow,
 } from "../native/addon.js";
+import { engineOptionsSchema, type EngineOptions, type ResolvedEngineOptions } from "./engine-options.js";
 
-export const loraTargets = ["q", "k", "v", "o", "gate", "up", "down"] as const satisfies readonly LoraTarget[];
-
-const positiveInteger = z.number().int().positive();
-
-export const engineOptionsSchema = z
-  .object({
-    device: z.enum(["cpu", "cuda"]).default("cpu"),
-    /** CPU threads; 0 = every core */
-    threads: z.number().int().min(0).max(1024).default(0),
-    /**
-     * Arithmetic of the base-weight matmuls. "fp32" is the reference (matches llama.cpp's F32 logits to
-     * 1e-5); "bf16" rounds both operands to bfloat16 and runs about twice as fast on CPUs with AVX512-BF16.
-     */
-    precision: z.enum(["fp32", "bf16"]).default("fp32"),
-    /** CUDA only: plan as if the GPU had this many bytes (e.g. a 24 GB card on a bigger one) */
-    gpuMemoryBytes: positiveInteger.optional(),
-    /** CUDA only: keep at most this many layers' activations (default: as many as the memory budget fits; 0 = lean, recompute every layer) */
-    maxKeptLayers: z.number().int().min(0).optional(),
-    /** longest row (tokens) a batch may hold; defaults to min(2048, the model's context length) */
-    maxTokens: positiveInteger.optional(),
-    lora: z
-      .object({
-        rank: positiveInteger.max(4096).default(8),
-        alpha: z.number().positive().finite().default(16),
-        targets: z
-          .array(z.enum(loraTargets))
-          .min(1)
-          .refine((targets) => new Set(targets).size === targets.length, "targets must not repeat")
-          .default([...loraTargets]),
-        dropout: z.number().min(0).lt(1).default(0),
-        seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
-      })
-      .strict()
-      .prefault({}),
-    optimizer: z
-      .object({
-        beta1: z.number().min(0).lt(1).default(0.9),
-        beta2: z.number().min(0).lt(1).default(0.999),
-        eps: z.number().positive().finite().default(1e-8),
-        weightDecay: z.number().min(0).finite().default(0),
-        /** global gradient-norm clipping; 0 = off */
-        clipNorm: z.number().min(0).finite().default(1),
-      })
-      .strict()
-      .prefault({}),
-  })
-  .strict();
-
-export type EngineOptions = z.input<typeof engineOptionsSchema>;
-export type ResolvedEngineOptions = z.output<typeof engineOptionsSchema> & { maxTokens: number };
+export { engineOptionsSchema, loraTargets } from "./engine-options.js";
+export type { EngineOptions, ResolvedEngineOptions } from "./engine-options.js";
 
 export type EngineRow = NativeRow;
 
@@ -126,11 +78,15 @@ export class Engine {
     this.#native = native;
   }
 
-  /** Maps the GGUF at `path` and plans all memory for rows of up to options.maxTokens tokens. */
-  static async load(path: string, options: EngineOptions = {}): Promise<Engine> {
+  /**
+   * Maps the GGUF at `model` (a path, or a file a caller has already read) and plans all memory for rows
+   * of up to options.maxTokens tokens.
+   */
+  static async load(model: string | GgufModelFile, options: EngineOptions = {}): Promise<Engine> {
     const parsed = engineOptionsSchema.safeParse(options);
     if (!parsed.success) throw new EngineError(`Invalid engine options: ${formatIssues(parsed.error)}`);
-    const file = await readGgufModel(path);
+    const file = typeof model === "string" ? await readGgufModel(model) : model;
+    const path = file.path;
     const config = modelConfigFromGguf(file);
     const maxTokens = parsed.data.maxTokens ?? Math.min(2048, config.contextLength);
     if (maxTokens > config.contextLength) {

@@ -8,7 +8,7 @@ import type { NamedTensor } from "../native/addon.js";
 import { loadTrainingData, packExamples, type DataReport, type PackedRow, type TokenizedExample } from "../data/index.js";
 import { writeFileAtomic } from "../util/atomic-file.js";
 import { writeGgufAdapter } from "../export/gguf-adapter.js";
-import { readGgufModel } from "../gguf/read.js";
+import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { planEpoch, countSteps, type BatchingOptions, type EpochPlan } from "./batches.js";
 import {
   listCheckpoints,
@@ -21,11 +21,13 @@ import {
 import {
   checkInputPaths,
   configHash,
+  isResolvedConfig,
   readConfigFile,
   resolveConfig,
   resolveDevice,
   trajectoryDifferences,
   TrainingConfigError,
+  type ConfigLayer,
   type TrainingConfig,
   type TrainingConfigInput,
 } from "./config.js";
@@ -131,6 +133,30 @@ interface Position {
   stepInEpoch: number;
 }
 
+/** One run as it trains: where it is, what it has recorded, when it last evaluated and checkpointed. */
+interface RunState {
+  metricsFile: string;
+  reportFile: string;
+  rowLengths: number[];
+  records: MetricsRecord[];
+  position: Position;
+  /** the generator as it is after the current epoch's shuffle: the next epoch draws from it */
+  rngForEpochs: Rng;
+  /** training time of the run before this process took it over (a resumed run) */
+  elapsedBefore: number;
+  startedAt: number;
+  lastValLoss?: number;
+  lastTrainLoss?: number;
+  lastCheckpointDir?: string;
+  /** the steps of the last evaluation and checkpoint, -1 when none yet */
+  evaluatedAt: number;
+  checkpointedAt: number;
+}
+
+function isConfigLayer(value: TrainingConfigInput | ConfigLayer): value is ConfigLayer {
+  return "source" in value && "value" in value;
+}
+
 function timestampFolder(): string {
   return new Date().toISOString().replace(/\..*$/, "").replace(/:/g, "-");
 }
@@ -152,18 +178,23 @@ export class Trainer {
   readonly runDir: string;
   private readonly resume: boolean;
   private data: PreparedData | undefined;
+  /** the base model's header, read once per run: the data, the engine and the adapter writer all use it */
+  private model: GgufModelFile | undefined;
   private engine: Engine | undefined;
   private device: "cpu" | "cuda" | undefined;
   private resumeCheckpoint: Checkpoint | undefined;
   private running = false;
 
-  /** Validates `config` (unknown keys and wrong types throw TrainingConfigError); nothing loads yet. */
-  constructor(config: TrainingConfigInput, options: TrainerOptions = {}) {
-    this.config = resolveConfig([{ value: config, source: "trainer config" }]);
+  /**
+   * Validates `config` (unknown keys and wrong types throw TrainingConfigError) unless it is one
+   * resolveConfig already resolved; nothing loads yet.
+   */
+  constructor(config: TrainingConfigInput | TrainingConfig, options: TrainerOptions = {}) {
+    const resolved = isResolvedConfig(config) ? config : resolveConfig([{ value: config, source: "trainer config" }]);
     this.resume = options.resume ?? false;
-    if (this.resume && this.config.out === undefined) throw new TrainingConfigError("resume needs `out`: the run folder to continue");
-    this.runDir = this.config.out ?? path.resolve("runs", timestampFolder());
-    this.config.out = this.runDir;
+    if (this.resume && resolved.out === undefined) throw new TrainingConfigError("resume needs `out`: the run folder to continue");
+    this.runDir = resolved.out ?? path.resolve("runs", timestampFolder());
+    this.config = { ...resolved, out: this.runDir };
   }
 
   /** A trainer with its data and engine loaded. */
@@ -177,13 +208,15 @@ export class Trainer {
    * A trainer continuing the run in `runDir` with the configuration saved there; `overrides` may
    * change only what does not alter the losses (device, threads, evaluation and checkpoint cadence).
    */
-  static async resume(runDir: string, overrides: TrainingConfigInput = {}): Promise<Trainer> {
+  static async resume(runDir: string, overrides: TrainingConfigInput | ConfigLayer = {}): Promise<Trainer> {
+    const overridesLayer: ConfigLayer = isConfigLayer(overrides) ? overrides : { value: overrides, source: "resume overrides" };
     const configFile = path.join(runDir, "config.json");
     if (!existsSync(configFile)) throw new TrainingConfigError(`cannot resume ${runDir}: it has no config.json, so it is not a thinktune run folder`);
-    const saved = resolveConfig([{ value: await readConfigFile(configFile), source: configFile }]);
+    const savedValue = await readConfigFile(configFile);
+    const saved = resolveConfig([{ value: savedValue, source: configFile }]);
     const merged = resolveConfig([
-      { value: saved, source: configFile },
-      { value: { ...overrides, out: path.resolve(runDir) }, source: "resume overrides" },
+      { value: savedValue, source: configFile },
+      { ...overridesLayer, value: { ...(overridesLayer.value as TrainingConfigInput), out: path.resolve(runDir) } },
     ]);
     const changed = trajectoryDifferences(saved, merged);
     if (changed.length > 0) {
@@ -213,7 +246,8 @@ export class Trainer {
     const config = this.config;
     checkInputPaths(config);
     this.device = resolveDevice(config.device);
-    const loaded = await loadTrainingData(config.model, {
+    this.model = await readGgufModel(config.model);
+    const loaded = await loadTrainingData(this.model, {
       data: config.data,
       valData: config.valData,
       valSplit: config.valSplit,
@@ -252,7 +286,7 @@ export class Trainer {
     const config = this.config;
     if (!this.resume) await this.checkRunFolderIsFree();
     const checkpoint = this.resume ? await this.findResumeCheckpoint() : undefined;
-    const engine = await Engine.load(config.model, {
+    const engine = await Engine.load(this.model!, {
       device: this.device,
       threads: config.threads,
       lora: { ...config.lora, seed: config.seed },
@@ -328,181 +362,210 @@ export class Trainer {
   }
 
   private async *loop(signal: AbortSignal | undefined): AsyncGenerator<TrainerEvent, void, undefined> {
-    const config = this.config;
-    const data = this.data!;
-    const engine = this.engine!;
-    const checkpoint = this.resumeCheckpoint;
-    const metricsFile = path.join(this.runDir, "metrics.jsonl");
-    const reportFile = path.join(this.runDir, "report.html");
-    const rowLengths = data.trainRows.map((row) => row.tokens.length);
-    const batching = this.batching();
-    const totalSteps = data.totalSteps;
-    const schedule: LearningRateSchedule = {
-      peak: config.learningRate,
-      warmupSteps: data.warmupSteps,
-      totalSteps,
-      decay: config.lrSchedule,
-      minimum: config.minLearningRate,
-    };
-
-    await mkdir(this.runDir, { recursive: true });
-    await writeFileAtomic(path.join(this.runDir, "config.json"), [Buffer.from(`${JSON.stringify(config, null, 2)}\n`)]);
-    let records: MetricsRecord[];
-    let position: Position;
-    let elapsedBefore = 0;
-    let lastValLoss: number | undefined;
-    let lastTrainLoss: number | undefined;
-    let lastCheckpointDir: string | undefined;
-    // the generator as it is after the current epoch's shuffle: the next epoch draws from it
-    let rngForEpochs: Rng;
-    if (checkpoint) {
-      const { state } = checkpoint;
-      records = await truncateMetrics(metricsFile, state.step);
-      const rng = Rng.fromState(state.rngState);
-      const plan = planEpoch(rowLengths, rng, batching);
-      const stepInEpoch = plan.steps.findIndex((planned) => planned.start === state.dataPosition);
-      if (stepInEpoch < 0) throw new TrainingError(`checkpoint ${checkpoint.dir}: data position ${state.dataPosition} is not a step boundary of epoch ${state.epoch}`);
-      position = { step: state.step, epoch: state.epoch, plan, stepInEpoch };
-      rngForEpochs = rng;
-      elapsedBefore = state.elapsedMs;
-      lastValLoss = state.valLoss;
-      lastTrainLoss = state.trainLoss;
-      lastCheckpointDir = checkpoint.dir;
-    } else {
-      records = [];
-      await writeFileAtomic(metricsFile, []);
-      const rng = Rng.fromSeed(config.seed);
-      position = { step: 0, epoch: 0, plan: planEpoch(rowLengths, rng, batching), stepInEpoch: 0 };
-      rngForEpochs = rng;
+    const run = await this.openRun();
+    yield this.startEvent(run);
+    run.startedAt = performance.now();
+    const totalSteps = this.data!.totalSteps;
+    while (run.position.step < totalSteps) {
+      if (signal?.aborted) {
+        yield* this.stop(run);
+        return;
+      }
+      const record = await this.trainStep(run);
+      yield { ...record, totalSteps };
+      const last = record.step === totalSteps;
+      if (record.step % this.config.evalEvery === 0 || last) {
+        const evalEvent = await this.evaluate(run);
+        if (evalEvent) yield evalEvent;
+      }
+      if (record.step % this.config.checkpointEvery === 0 || last) yield await this.writeCheckpoint(run);
     }
+    yield* this.finish(run);
+  }
 
-    yield {
+  /** Writes config.json, then starts the metrics afresh or restores the run from the resume checkpoint. */
+  private async openRun(): Promise<RunState> {
+    await mkdir(this.runDir, { recursive: true });
+    await writeFileAtomic(path.join(this.runDir, "config.json"), `${JSON.stringify(this.config, null, 2)}\n`);
+    const checkpoint = this.resumeCheckpoint;
+    const rowLengths = this.data!.trainRows.map((row) => row.tokens.length);
+    const common = { startedAt: performance.now(), metricsFile: path.join(this.runDir, "metrics.jsonl"), reportFile: path.join(this.runDir, "report.html"), rowLengths };
+    if (!checkpoint) {
+      await writeFileAtomic(common.metricsFile, "");
+      const rng = Rng.fromSeed(this.config.seed);
+      const position = { step: 0, epoch: 0, plan: planEpoch(rowLengths, rng, this.batching()), stepInEpoch: 0 };
+      return { ...common, records: [], position, rngForEpochs: rng, elapsedBefore: 0, evaluatedAt: -1, checkpointedAt: -1 };
+    }
+    const { state } = checkpoint;
+    const records = await truncateMetrics(common.metricsFile, state.step);
+    const rng = Rng.fromState(state.rngState);
+    const plan = planEpoch(rowLengths, rng, this.batching());
+    const stepInEpoch = plan.steps.findIndex((planned) => planned.start === state.dataPosition);
+    if (stepInEpoch < 0) throw new TrainingError(`checkpoint ${checkpoint.dir}: data position ${state.dataPosition} is not a step boundary of epoch ${state.epoch}`);
+    return {
+      ...common,
+      records,
+      position: { step: state.step, epoch: state.epoch, plan, stepInEpoch },
+      rngForEpochs: rng,
+      elapsedBefore: state.elapsedMs,
+      lastValLoss: state.valLoss,
+      lastTrainLoss: state.trainLoss,
+      lastCheckpointDir: checkpoint.dir,
+      evaluatedAt: records.some((record) => record.type === "eval" && record.step === state.step) ? state.step : -1,
+      checkpointedAt: state.step,
+    };
+  }
+
+  private startEvent(run: RunState): TrainerStartEvent {
+    const data = this.data!;
+    return {
       type: "start",
       runDir: this.runDir,
       device: this.device!,
-      totalSteps,
-      startStep: position.step,
+      totalSteps: data.totalSteps,
+      startStep: run.position.step,
       warmupSteps: data.warmupSteps,
-      resumedFrom: checkpoint?.dir,
+      resumedFrom: this.resumeCheckpoint?.dir,
       trainExamples: data.train.length,
       validationExamples: data.validation.length,
       trainRows: data.trainRows.length,
       validationRows: data.validationRows.length,
     };
+  }
 
-    const startedAt = performance.now();
-    const elapsed = () => elapsedBefore + (performance.now() - startedAt);
-    let evaluatedAt = checkpoint && records.some((record) => record.type === "eval" && record.step === position.step) ? position.step : -1;
-    let checkpointedAt = checkpoint ? position.step : -1;
+  private elapsed(run: RunState): number {
+    return run.elapsedBefore + (performance.now() - run.startedAt);
+  }
 
-    const evaluate = async (): Promise<TrainerEvalEvent | undefined> => {
-      if (data.validationRows.length === 0) return undefined;
-      const result = await engine.evaluate(data.validationRows);
-      const record: EvalRecord = { type: "eval", step: position.step, valLoss: result.tokens > 0 ? result.lossSum / result.tokens : Number.NaN };
-      evaluatedAt = position.step;
-      lastValLoss = record.valLoss;
-      records.push(record);
-      await appendMetrics(metricsFile, record);
-      return record;
-    };
+  private schedule(): LearningRateSchedule {
+    const { learningRate, lrSchedule, minLearningRate } = this.config;
+    const { warmupSteps, totalSteps } = this.data!;
+    return { peak: learningRate, warmupSteps, totalSteps, decay: lrSchedule, minimum: minLearningRate };
+  }
 
-    const writeCheckpoint = async (): Promise<TrainerCheckpointEvent> => {
-      const next = this.nextStepPosition(position, rngForEpochs);
-      const state: CheckpointState = {
-        version: 1,
-        step: position.step,
-        epoch: next.epoch,
-        dataPosition: next.dataPosition,
-        rngState: next.rngState,
-        scheduleStep: position.step + 1,
-        totalSteps,
-        configHash: configHash(config),
-        dataHash: data.dataHash,
-        valLoss: lastValLoss,
-        trainLoss: lastTrainLoss,
-        elapsedMs: elapsed(),
-        createdAt: new Date().toISOString(),
-      };
-      const dir = await saveCheckpoint(this.runDir, { state, lora: engine.getLora(), optimizer: engine.getOptimizerState() });
-      await pruneCheckpoints(this.runDir, config.keepCheckpoints, await this.bestCheckpointStep());
-      await writeReport(reportFile, { config, records, totalSteps, status: `checkpoint at step ${position.step} of ${totalSteps}` });
-      checkpointedAt = position.step;
-      lastCheckpointDir = dir;
-      return { type: "checkpoint", step: position.step, dir, valLoss: lastValLoss };
-    };
-
-    while (position.step < totalSteps) {
-      if (signal?.aborted) {
-        if (checkpointedAt !== position.step) yield await writeCheckpoint();
-        await writeReport(reportFile, { config, records, totalSteps, status: `stopped at step ${position.step} of ${totalSteps}; resume with --resume` });
-        yield await this.doneEvent("stopped", position.step, totalSteps, lastCheckpointDir, lastTrainLoss, lastValLoss, elapsed());
-        return;
-      }
-      if (position.stepInEpoch >= position.plan.steps.length) {
-        position = { step: position.step, epoch: position.epoch + 1, plan: planEpoch(rowLengths, rngForEpochs, batching), stepInEpoch: 0 };
-      }
-      const planned = position.plan.steps[position.stepInEpoch];
-      const rows = planned.rows.map((index) => data.trainRows[index]);
-      const stepNumber = position.step + 1;
-      const lr = learningRateAt(schedule, stepNumber);
-      const stepStarted = performance.now();
-      let result: Awaited<ReturnType<Engine["step"]>>;
-      try {
-        result = await engine.step(rows, lr);
-      } catch (error) {
-        // The engine refuses non-finite losses and gradients itself (before updating). After at least one
-        // update that is divergence; on the very first step the model or data are at fault, not the rate.
-        const message = (error as Error).message;
-        if (position.step > 0 && /NaN or infinite/.test(message)) {
-          const reason = message.split(";")[0];
-          await writeReport(reportFile, { config, records, totalSteps, status: `diverged at step ${stepNumber}: ${reason}` });
-          throw new TrainingDivergedError(stepNumber, reason, lr, lastCheckpointDir);
-        }
-        throw error;
-      }
-      const stepMs = performance.now() - stepStarted;
-      const loss = result.tokens > 0 ? result.lossSum / result.tokens : Number.NaN;
-      const nonFinite = !Number.isFinite(loss) ? `the loss is ${loss}` : !Number.isFinite(result.gradNorm) ? `the gradient norm is ${result.gradNorm}` : undefined;
-      if (nonFinite) {
-        await writeReport(reportFile, { config, records, totalSteps, status: `diverged at step ${stepNumber}: ${nonFinite}` });
-        throw new TrainingDivergedError(stepNumber, nonFinite, lr, lastCheckpointDir);
-      }
-      position = { ...position, step: stepNumber, stepInEpoch: position.stepInEpoch + 1 };
-      lastTrainLoss = loss;
-      const processed = rows.reduce((sum, row) => sum + row.tokens.length, 0);
-      const record: StepRecord = {
-        type: "step",
-        step: stepNumber,
-        epoch: position.epoch + position.stepInEpoch / position.plan.steps.length,
-        loss,
-        lr,
-        tokens: processed,
-        lossTokens: result.tokens,
-        tokensPerSecond: processed / (stepMs / 1000),
-        gradNorm: result.gradNorm,
-        elapsedMs: elapsed(),
-        peakMemory: this.peakMemory(engine),
-      };
-      records.push(record);
-      await appendMetrics(metricsFile, record);
-      yield { ...record, totalSteps };
-      const last = stepNumber === totalSteps;
-      if (stepNumber % config.evalEvery === 0 || last) {
-        const evalEvent = await evaluate();
-        if (evalEvent) yield evalEvent;
-      }
-      if (stepNumber % config.checkpointEvery === 0 || last) yield await writeCheckpoint();
+  /** One optimizer step on the next planned rows (a new epoch's plan when this one is used up), recorded in the metrics. */
+  private async trainStep(run: RunState): Promise<StepRecord> {
+    const data = this.data!;
+    if (run.position.stepInEpoch >= run.position.plan.steps.length) {
+      run.position = { step: run.position.step, epoch: run.position.epoch + 1, plan: planEpoch(run.rowLengths, run.rngForEpochs, this.batching()), stepInEpoch: 0 };
     }
+    const planned = run.position.plan.steps[run.position.stepInEpoch];
+    const rows = planned.rows.map((index) => data.trainRows[index]);
+    const stepNumber = run.position.step + 1;
+    const lr = learningRateAt(this.schedule(), stepNumber);
+    const stepStarted = performance.now();
+    const result = await this.stepOrDiverge(run, rows, lr, stepNumber);
+    const stepMs = performance.now() - stepStarted;
+    const loss = result.tokens > 0 ? result.lossSum / result.tokens : Number.NaN;
+    const nonFinite = !Number.isFinite(loss) ? `the loss is ${loss}` : !Number.isFinite(result.gradNorm) ? `the gradient norm is ${result.gradNorm}` : undefined;
+    if (nonFinite) await this.diverged(run, stepNumber, nonFinite, lr);
+    run.position = { ...run.position, step: stepNumber, stepInEpoch: run.position.stepInEpoch + 1 };
+    run.lastTrainLoss = loss;
+    const processed = rows.reduce((sum, row) => sum + row.tokens.length, 0);
+    const record: StepRecord = {
+      type: "step",
+      step: stepNumber,
+      epoch: run.position.epoch + run.position.stepInEpoch / run.position.plan.steps.length,
+      loss,
+      lr,
+      tokens: processed,
+      lossTokens: result.tokens,
+      tokensPerSecond: processed / (stepMs / 1000),
+      gradNorm: result.gradNorm,
+      elapsedMs: this.elapsed(run),
+      peakMemory: this.peakMemory(this.engine!),
+    };
+    run.records.push(record);
+    await appendMetrics(run.metricsFile, record);
+    return record;
+  }
 
+  /**
+   * The engine refuses non-finite losses and gradients itself (before updating). After at least one
+   * update that is divergence; on the very first step the model or data are at fault, not the rate.
+   */
+  private async stepOrDiverge(run: RunState, rows: PackedRow[], lr: number, stepNumber: number): Promise<Awaited<ReturnType<Engine["step"]>>> {
+    try {
+      return await this.engine!.step(rows, lr);
+    } catch (error) {
+      const message = (error as Error).message;
+      if (run.position.step > 0 && /NaN or infinite/.test(message)) await this.diverged(run, stepNumber, message.split(";")[0], lr);
+      throw error;
+    }
+  }
+
+  /** Records the divergence in the report and stops the run; the last checkpoint stays the last good one. */
+  private async diverged(run: RunState, stepNumber: number, reason: string, lr: number): Promise<never> {
+    await this.writeRunReport(run, `diverged at step ${stepNumber}: ${reason}`);
+    throw new TrainingDivergedError(stepNumber, reason, lr, run.lastCheckpointDir);
+  }
+
+  private async writeRunReport(run: RunState, status: string): Promise<void> {
+    await writeReport(run.reportFile, { config: this.config, records: run.records, totalSteps: this.data!.totalSteps, status });
+  }
+
+  private async evaluate(run: RunState): Promise<TrainerEvalEvent | undefined> {
+    const data = this.data!;
+    if (data.validationRows.length === 0) return undefined;
+    const result = await this.engine!.evaluate(data.validationRows);
+    const record: EvalRecord = { type: "eval", step: run.position.step, valLoss: result.tokens > 0 ? result.lossSum / result.tokens : Number.NaN };
+    run.evaluatedAt = run.position.step;
+    run.lastValLoss = record.valLoss;
+    run.records.push(record);
+    await appendMetrics(run.metricsFile, record);
+    return record;
+  }
+
+  private async writeCheckpoint(run: RunState): Promise<TrainerCheckpointEvent> {
+    const { position } = run;
+    const totalSteps = this.data!.totalSteps;
+    const next = this.nextStepPosition(position, run.rngForEpochs);
+    const state: CheckpointState = {
+      version: 1,
+      step: position.step,
+      epoch: next.epoch,
+      dataPosition: next.dataPosition,
+      rngState: next.rngState,
+      scheduleStep: position.step + 1,
+      totalSteps,
+      configHash: configHash(this.config),
+      dataHash: this.data!.dataHash,
+      valLoss: run.lastValLoss,
+      trainLoss: run.lastTrainLoss,
+      elapsedMs: this.elapsed(run),
+      createdAt: new Date().toISOString(),
+    };
+    const engine = this.engine!;
+    const dir = await saveCheckpoint(this.runDir, { state, lora: engine.getLora(), optimizer: engine.getOptimizerState() });
+    await pruneCheckpoints(this.runDir, this.config.keepCheckpoints, await this.bestCheckpointStep());
+    await this.writeRunReport(run, `checkpoint at step ${position.step} of ${totalSteps}`);
+    run.checkpointedAt = position.step;
+    run.lastCheckpointDir = dir;
+    return { type: "checkpoint", step: position.step, dir, valLoss: run.lastValLoss };
+  }
+
+  /** The signal was aborted: a checkpoint to resume from (unless this step has one), then "stopped". */
+  private async *stop(run: RunState): AsyncGenerator<TrainerEvent, void, undefined> {
+    const { step } = run.position;
+    const totalSteps = this.data!.totalSteps;
+    if (run.checkpointedAt !== step) yield await this.writeCheckpoint(run);
+    await this.writeRunReport(run, `stopped at step ${step} of ${totalSteps}; resume with --resume`);
+    yield await this.doneEvent("stopped", step, totalSteps, run.lastCheckpointDir, run.lastTrainLoss, run.lastValLoss, this.elapsed(run));
+  }
+
+  /** Every step is done: the final evaluation and checkpoint where the last step had none, the adapter, "completed". */
+  private async *finish(run: RunState): AsyncGenerator<TrainerEvent, void, undefined> {
+    const { step } = run.position;
+    const totalSteps = this.data!.totalSteps;
     // A resumed run whose checkpoint was already the last step still ends with its evaluation.
-    if (evaluatedAt !== position.step) {
-      const evalEvent = await evaluate();
+    if (run.evaluatedAt !== step) {
+      const evalEvent = await this.evaluate(run);
       if (evalEvent) yield evalEvent;
     }
-    if (checkpointedAt !== position.step) yield await writeCheckpoint();
-    const adapterPath = await this.writeAdapter(engine.getLora(), position.step);
-    await writeReport(reportFile, { config, records, totalSteps, status: `completed ${position.step} steps` });
-    yield await this.doneEvent("completed", position.step, totalSteps, lastCheckpointDir, lastTrainLoss, lastValLoss, elapsed(), adapterPath);
+    if (run.checkpointedAt !== step) yield await this.writeCheckpoint(run);
+    const adapterPath = await this.writeAdapter(this.engine!.getLora(), step);
+    await this.writeRunReport(run, `completed ${step} steps`);
+    yield await this.doneEvent("completed", step, totalSteps, run.lastCheckpointDir, run.lastTrainLoss, run.lastValLoss, this.elapsed(run), adapterPath);
   }
 
   private async doneEvent(
@@ -554,8 +617,8 @@ export class Trainer {
     const adapterDir = path.join(this.runDir, "adapter");
     const adapterPath = path.join(adapterDir, "adapter.gguf");
     await mkdir(adapterDir, { recursive: true });
-    await writeGgufAdapter(adapterPath, { baseModelPath: this.config.model, alpha: this.config.lora.alpha, tensors: lora });
-    const base = await readGgufModel(this.config.model);
+    const base = this.model!;
+    await writeGgufAdapter(adapterPath, { baseModelPath: this.config.model, baseModel: base, alpha: this.config.lora.alpha, tensors: lora });
     const description = {
       baseModelPath: this.config.model,
       arch: base.metadata["general.architecture"],
@@ -565,7 +628,7 @@ export class Trainer {
       step,
       adapter: "adapter.gguf",
     };
-    await writeFileAtomic(path.join(adapterDir, "thinktune.json"), [Buffer.from(`${JSON.stringify(description, null, 2)}\n`)]);
+    await writeFileAtomic(path.join(adapterDir, "thinktune.json"), `${JSON.stringify(description, null, 2)}\n`);
     return adapterPath;
   }
 }
