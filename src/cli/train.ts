@@ -61,6 +61,7 @@ const flagSpecs: FlagSpec[] = [
   { flag: "--seed <n>", key: "seed", kind: "number", description: "seed of data order, split and LoRA init (0)" },
   { flag: "--eval-every <steps>", key: "evalEvery", kind: "number", description: "validation loss every N steps (100)" },
   { flag: "--checkpoint-every <steps>", key: "checkpointEvery", kind: "number", description: "checkpoint every N steps (100)" },
+  { flag: "--checkpoint-every-minutes <m>", key: "checkpointEveryMinutes", kind: "number", description: "also checkpoint once M minutes have passed since the last one, 0 = off (10)" },
   { flag: "--keep-checkpoints <k>", key: "keepCheckpoints", kind: "number", description: "keep the last K checkpoints, plus the best (3)" },
   { flag: "--log-every <steps>", key: "logEvery", kind: "number", description: "a progress line every N steps when not in a terminal (10)" },
   { flag: "--preview-tokens <n>", key: "previewTokens", kind: "number", description: "print one training prompt's answer before and after, this long (0 = off)" },
@@ -294,7 +295,7 @@ function handleEvent(event: TrainerEvent, progress: Progress): number | undefine
   switch (event.type) {
     case "start":
       progress.line(
-        `${event.resumedFrom ? `Resuming from ${event.resumedFrom} at step ${event.startStep}` : "Training"} on ${event.device}: ` +
+        `${event.resumedFrom ? `Resuming from ${event.resumedFrom} at step ${event.startStep}` : event.restarted ? "Starting again from step 0: the run had no checkpoint yet; training" : "Training"} on ${event.device}: ` +
           `${event.trainExamples} examples in ${event.trainRows} rows, ${event.validationExamples} for validation; ` +
           `${event.totalSteps} steps (${event.warmupSteps} warmup). Run folder: ${event.runDir}`,
       );

@@ -78,6 +78,8 @@ export const trainingConfigSchema = z.strictObject({
   /** validation loss every N steps (and at the end) */
   evalEvery: positiveInt.default(100),
   checkpointEvery: positiveInt.default(100),
+  /** a checkpoint also once this many minutes have passed since the last one, so a killed run loses minutes; 0 = off */
+  checkpointEveryMinutes: z.number().min(0).default(10),
   /** the last K checkpoints are kept, plus the best by validation loss */
   keepCheckpoints: positiveInt.default(3),
   /** a plain progress line every N steps when the output is not a terminal */

@@ -76,6 +76,8 @@ export interface TrainerStartEvent {
   startStep: number;
   warmupSteps: number;
   resumedFrom?: string;
+  /** a resumed run that was stopped before its first checkpoint: it starts again from step 0 with its saved configuration */
+  restarted?: boolean;
   trainExamples: number;
   validationExamples: number;
   trainRows: number;
@@ -145,6 +147,8 @@ interface RunState {
   /** training time of the run before this process took it over (a resumed run) */
   elapsedBefore: number;
   startedAt: number;
+  /** performance.now() of the last checkpoint written, or of the start of training in this process */
+  lastCheckpointAt: number;
   lastValLoss?: number;
   lastTrainLoss?: number;
   lastCheckpointDir?: string;
@@ -311,8 +315,15 @@ export class Trainer {
     return { batchTokens: this.config.batchTokens ?? this.config.maxLength, gradAccum: this.config.gradAccum };
   }
 
+  /**
+   * A folder with a complete checkpoint or an adapter holds a run worth keeping. One stopped before its
+   * first checkpoint holds nothing to resume from, so a new run may start there.
+   */
   private async checkRunFolderIsFree(): Promise<void> {
-    const used = ["metrics.jsonl", "checkpoints", "adapter"].filter((name) => existsSync(path.join(this.runDir, name)));
+    const used = [
+      ...((await listCheckpoints(this.runDir)).length > 0 ? ["checkpoints"] : []),
+      ...(existsSync(path.join(this.runDir, "adapter")) ? ["adapter"] : []),
+    ];
     if (used.length > 0) {
       throw new TrainingConfigError(
         `${this.runDir} already holds a run (${used.join(", ")}); continue it with --resume ${this.runDir} or choose another --out`,
@@ -320,8 +331,10 @@ export class Trainer {
     }
   }
 
-  private async findResumeCheckpoint(): Promise<Checkpoint> {
+  /** The checkpoint to continue from; none when the run was stopped before its first one (it starts again). */
+  private async findResumeCheckpoint(): Promise<Checkpoint | undefined> {
     const { checkpoint, skipped } = await loadLatestCheckpoint(this.runDir);
+    if (!checkpoint && skipped.length === 0) return undefined;
     if (!checkpoint) {
       const why = skipped.length > 0 ? `; unreadable: ${skipped.join("; ")}` : "";
       throw new TrainingError(`cannot resume ${this.runDir}: it has no complete checkpoint${why}`);
@@ -365,6 +378,7 @@ export class Trainer {
     const run = await this.openRun();
     yield this.startEvent(run);
     run.startedAt = performance.now();
+    run.lastCheckpointAt = run.startedAt;
     const totalSteps = this.data!.totalSteps;
     while (run.position.step < totalSteps) {
       if (signal?.aborted) {
@@ -378,7 +392,7 @@ export class Trainer {
         const evalEvent = await this.evaluate(run);
         if (evalEvent) yield evalEvent;
       }
-      if (record.step % this.config.checkpointEvery === 0 || last) yield await this.writeCheckpoint(run);
+      if (record.step % this.config.checkpointEvery === 0 || last || this.checkpointIsDue(run)) yield await this.writeCheckpoint(run);
     }
     yield* this.finish(run);
   }
@@ -389,7 +403,7 @@ export class Trainer {
     await writeFileAtomic(path.join(this.runDir, "config.json"), `${JSON.stringify(this.config, null, 2)}\n`);
     const checkpoint = this.resumeCheckpoint;
     const rowLengths = this.data!.trainRows.map((row) => row.tokens.length);
-    const common = { startedAt: performance.now(), metricsFile: path.join(this.runDir, "metrics.jsonl"), reportFile: path.join(this.runDir, "report.html"), rowLengths };
+    const common = { startedAt: performance.now(), lastCheckpointAt: performance.now(), metricsFile: path.join(this.runDir, "metrics.jsonl"), reportFile: path.join(this.runDir, "report.html"), rowLengths };
     if (!checkpoint) {
       await writeFileAtomic(common.metricsFile, "");
       const rng = Rng.fromSeed(this.config.seed);
@@ -426,11 +440,18 @@ export class Trainer {
       startStep: run.position.step,
       warmupSteps: data.warmupSteps,
       resumedFrom: this.resumeCheckpoint?.dir,
+      ...(this.resume && !this.resumeCheckpoint ? { restarted: true } : {}),
       trainExamples: data.train.length,
       validationExamples: data.validation.length,
       trainRows: data.trainRows.length,
       validationRows: data.validationRows.length,
     };
+  }
+
+  /** The time-based cadence: minutes since the last checkpoint (or since this process started training). */
+  private checkpointIsDue(run: RunState): boolean {
+    const minutes = this.config.checkpointEveryMinutes;
+    return minutes > 0 && performance.now() - run.lastCheckpointAt >= minutes * 60_000;
   }
 
   private elapsed(run: RunState): number {
@@ -540,6 +561,7 @@ export class Trainer {
     await pruneCheckpoints(this.runDir, this.config.keepCheckpoints, await this.bestCheckpointStep());
     await this.writeRunReport(run, `checkpoint at step ${position.step} of ${totalSteps}`);
     run.checkpointedAt = position.step;
+    run.lastCheckpointAt = performance.now();
     run.lastCheckpointDir = dir;
     return { type: "checkpoint", step: position.step, dir, valLoss: run.lastValLoss };
   }

@@ -1,7 +1,7 @@
 // `thinktune train` as a user runs it: a child process, its output and exit code, its run folder.
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
+import { cp, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -105,6 +105,38 @@ describe("thinktune train: runs", () => {
     const steps = (await stepRecords(run)).filter((record) => record.type === "step").map((record) => record.step);
     expect(steps).toEqual(Array.from({ length: 16 }, (_, index) => index + 1));
   });
+
+  it("kill -9 before the first checkpoint: --resume starts the run again, and so does a fresh train --out", async () => {
+    const root = await tempDir();
+    const run = path.join(root, "run");
+    const args = ["--max-steps", "4", "--checkpoint-every", "100", "--log-every", "1", "--preview-tokens", "0"];
+    let killed = false;
+    const first = await runCli(["--out", run, ...args], (text, child) => {
+      if (!killed && /step 1\/4/.test(text)) {
+        killed = true;
+        child.kill("SIGKILL");
+      }
+    });
+    expect(first.code).toBe(null);
+    expect(existsSync(path.join(run, "config.json"))).toBe(true);
+    expect(existsSync(path.join(run, "checkpoints"))).toBe(false);
+    // the same killed folder twice: one resumed, one trained afresh
+    const copy = path.join(root, "copy");
+    await cp(run, copy, { recursive: true });
+    const steps = async (folder: string) => (await stepRecords(folder)).filter((record) => record.type === "step").map((record) => record.step);
+
+    const resumed = await runCli(["--resume", run]);
+    expect(resumed.stderr).not.toContain("error");
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toContain("Starting again from step 0: the run had no checkpoint yet");
+    expect(await steps(run)).toEqual([1, 2, 3, 4]);
+
+    const fresh = await runCli(["--out", copy, ...args]);
+    expect(fresh.stderr).not.toContain("error");
+    expect(fresh.code).toBe(0);
+    expect(existsSync(path.join(copy, "adapter", "adapter.gguf"))).toBe(true);
+    expect(await steps(copy)).toEqual([1, 2, 3, 4]);
+  }, 240_000);
 
   it("a second Ctrl-C exits at once", async () => {
     const run = path.join(await tempDir(), "run");

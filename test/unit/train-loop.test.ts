@@ -114,6 +114,43 @@ describe("training loop (stand-in engine)", () => {
     expect(seen.filter((event) => event.type === "checkpoint").map((event) => event.step)).toEqual([1]);
   });
 
+  it("a run killed before its first checkpoint is resumed, or trained afresh, in the same folder", async () => {
+    const root = await mkdtemp(path.join(tmpdir(), "thinktune-loop-"));
+    const straight = await collect(new Trainer({ ...base, checkpointEvery: 1000, out: path.join(root, "straight") }).run());
+    // leaving the loop after step 2 without a checkpoint is what kill -9 leaves behind: config.json and metrics
+    const killBeforeCheckpoint = async (out: string) => {
+      for await (const event of new Trainer({ ...base, checkpointEvery: 1000, out }).run()) {
+        expect(event.type).not.toBe("checkpoint");
+        if (event.type === "step" && event.step === 2) break;
+      }
+    };
+    const out = path.join(root, "killed");
+    await killBeforeCheckpoint(out);
+    const resumed = await collect((await Trainer.resume(out)).run());
+    expect(resumed[0]).toMatchObject({ type: "start", startStep: 0, resumedFrom: undefined });
+    expect(losses(resumed)).toEqual(losses(straight));
+    expect(resumed.at(-1)).toMatchObject({ type: "done", reason: "completed" });
+
+    const again = path.join(root, "killed-again");
+    await killBeforeCheckpoint(again);
+    const fresh = await collect(new Trainer({ ...base, checkpointEvery: 1000, out: again }).run());
+    expect(losses(fresh)).toEqual(losses(straight));
+    const steps = (await readFile(path.join(again, "metrics.jsonl"), "utf8")).trim().split("\n").map((line) => JSON.parse(line)).filter((record) => record.type === "step");
+    expect(steps.map((record) => record.step)).toEqual(losses(straight).map(([step]) => step));
+  });
+
+  it("checkpoints by time as well as by steps", async () => {
+    const root = await mkdtemp(path.join(tmpdir(), "thinktune-loop-"));
+    const checkpointSteps = async (settings: object) =>
+      (await collect(new Trainer({ ...base, maxSteps: 6, evalEvery: 100, out: path.join(root, JSON.stringify(settings)), ...settings }).run()))
+        .filter((event) => event.type === "checkpoint")
+        .map((event) => event.step);
+    // a cadence far shorter than a step: a checkpoint after every step
+    expect(await checkpointSteps({ checkpointEvery: 1000, checkpointEveryMinutes: 1e-9 })).toEqual([1, 2, 3, 4, 5, 6]);
+    // an hour: only the step cadence and the final checkpoint
+    expect(await checkpointSteps({ checkpointEvery: 4, checkpointEveryMinutes: 60 })).toEqual([4, 6]);
+  });
+
   it("refuses to resume with settings that change the losses, and to reuse a run folder", async () => {
     const root = await mkdtemp(path.join(tmpdir(), "thinktune-loop-"));
     const out = path.join(root, "run");
