@@ -7,9 +7,9 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { loadNativeAddon } from "../native/addon.js";
-import { dataSettingsSchema } from "../data/options.js";
+import { dataSettingsSchema, type DataOptions } from "../data/options.js";
 import { parseByteSize } from "./byte-size.js";
-import { loraSettingsSchema, optimizerSettingsSchema, threadsSchema } from "./engine-options.js";
+import { loraSettingsSchema, optimizerSettingsSchema, threadsSchema, type EngineOptions } from "./engine-options.js";
 
 export class TrainingConfigError extends Error {
   constructor(message: string) {
@@ -230,6 +230,25 @@ export function resolveConfig(layers: ConfigLayer[], cwd = process.cwd()): Train
   if (config.out !== undefined) config.out = path.resolve(cwd, config.out);
   resolvedConfigs.add(config);
   return config;
+}
+
+/** The data loader's options: the config's data settings (data/options.ts) and its data paths. */
+export function dataOptionsOf(config: TrainingConfig): DataOptions {
+  const settings = Object.fromEntries(Object.keys(dataSettingsSchema.shape).map((key) => [key, config[key as keyof typeof dataSettingsSchema.shape]]));
+  return { ...settings, data: config.data, valData: config.valData };
+}
+
+/** The engine's options: the config's LoRA (seeded by the run's seed), optimizer and device settings. */
+export function engineOptionsOf(config: TrainingConfig, device: "cpu" | "cuda"): EngineOptions {
+  return {
+    device,
+    threads: config.threads,
+    lora: { ...config.lora, seed: config.seed },
+    optimizer: config.optimizer,
+    // every packed row is at most maxLength tokens long
+    maxTokens: config.maxLength,
+    ...(config.gpuMemory === undefined ? {} : { gpuMemoryBytes: parseByteSize(config.gpuMemory) }),
+  };
 }
 
 /** Reads a JSON config file; a missing file or bad JSON is a TrainingConfigError naming the file. */

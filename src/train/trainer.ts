@@ -21,6 +21,8 @@ import {
 import {
   checkInputPaths,
   configHash,
+  dataOptionsOf,
+  engineOptionsOf,
   isResolvedConfig,
   readConfigFile,
   resolveConfig,
@@ -31,7 +33,6 @@ import {
   type TrainingConfig,
   type TrainingConfigInput,
 } from "./config.js";
-import { parseByteSize } from "./byte-size.js";
 import { Engine } from "./engine.js";
 import { appendMetrics, truncateMetrics, type EvalRecord, type MetricsRecord, type StepRecord } from "./metrics.js";
 import { writeReport } from "./report.js";
@@ -251,20 +252,7 @@ export class Trainer {
     checkInputPaths(config);
     this.device = resolveDevice(config.device);
     this.model = await readGgufModel(config.model);
-    const loaded = await loadTrainingData(this.model, {
-      data: config.data,
-      valData: config.valData,
-      valSplit: config.valSplit,
-      format: config.format,
-      template: config.template,
-      trainOn: config.trainOn,
-      think: config.think,
-      onInvalid: config.onInvalid,
-      maxLength: config.maxLength,
-      truncate: config.truncate,
-      strict: config.strict,
-      seed: config.seed,
-    });
+    const loaded = await loadTrainingData(this.model, dataOptionsOf(config));
     const trainRows = packExamples(loaded.train, config.maxLength);
     const validationRows = packExamples(loaded.validation, config.maxLength);
     const hash = createHash("sha256");
@@ -290,14 +278,7 @@ export class Trainer {
     const config = this.config;
     if (!this.resume) await this.checkRunFolderIsFree();
     const checkpoint = this.resume ? await this.findResumeCheckpoint() : undefined;
-    const engine = await Engine.load(this.model!, {
-      device: this.device,
-      threads: config.threads,
-      lora: { ...config.lora, seed: config.seed },
-      optimizer: config.optimizer,
-      maxTokens: config.maxLength,
-      ...(config.gpuMemory === undefined ? {} : { gpuMemoryBytes: parseByteSize(config.gpuMemory) }),
-    });
+    const engine = await Engine.load(this.model!, engineOptionsOf(config, this.device!));
     if (checkpoint) {
       try {
         engine.setLora(checkpoint.lora);
