@@ -3,7 +3,7 @@
     {
       "target_name": "thinktune",
       "sources": [
-        "<!@(node -p \"['native/quant','native/kernels/cpu','native/engine','native/addon'].flatMap(d => require('fs').readdirSync(d).filter(f => f.endsWith('.cpp')).map(f => d + '/' + f)).join(' ')\")"
+        "<!@(node -p \"['native/common','native/quant','native/kernels/cpu','native/engine','native/addon'].flatMap(d => require('fs').readdirSync(d).filter(f => f.endsWith('.cpp')).map(f => d + '/' + f)).join(' ')\")"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

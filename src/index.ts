@@ -1,6 +1,6 @@
 // thinktune's public API. Exports only.
-export { loadNativeAddon, GgmlType } from "./native/addon.js";
-export type { NativeModelConfig, LoraTarget, NamedTensor } from "./native/addon.js";
+export { loadNativeAddon, GgmlType, nativeErrorCode } from "./native/addon.js";
+export type { NativeModelConfig, LoraTarget, NamedTensor, NativeErrorCode } from "./native/addon.js";
 export { readGgufModel, GgufError } from "./gguf/read.js";
 export type { GgufModelFile, GgufTensor, ReadGgufOptions } from "./gguf/read.js";
 export { GgufWriter, gguf, GGUF_DEFAULT_ALIGNMENT } from "./gguf/writer.js";

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "addon/registry.h"
+#include "engine/backend.h"
 
 namespace thinktune::addon {
 
@@ -26,9 +27,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("version", Napi::String::New(env, "0.1.0"));
   Napi::Array backends = Napi::Array::New(env);
   backends.Set(uint32_t(0), Napi::String::New(env, "cpu"));
-#ifdef THINKTUNE_HAVE_CUDA
-  backends.Set(uint32_t(1), Napi::String::New(env, "cuda"));
-#endif
+  if (cudaBackendBuilt()) backends.Set(uint32_t(1), Napi::String::New(env, "cuda"));
   exports.Set("backends", backends);
   initRegisteredModules(env, exports);
   return exports;

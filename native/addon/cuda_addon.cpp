@@ -1,6 +1,6 @@
 // exports.cudaDeviceCount(): usable CUDA devices, 0 in the CPU-only build or without a GPU/driver.
 #include "addon/registry.h"
-#include "engine/cuda_engine.h"
+#include "engine/backend.h"
 
 namespace thinktune::addon {
 

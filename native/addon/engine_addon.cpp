@@ -1,22 +1,21 @@
 // exports.Engine.create(options) → Promise<NativeEngine>: the Node-API face of thinktune::Engine.
-// Options and batches are copied into plain C++ structs on the JS thread; each long call is one
-// AsyncWorker that Ref()s its owner and holds the engine (shared), so dispose() during a call only
-// aborts it and the memory goes when the call settles. Concurrent calls on one engine reject with
-// "engine busy" (thinktune::Engine refuses them), never race.
+// Options, batches and tensors are copied into plain C++ structs on the JS thread; every call but
+// memoryPlan is one AsyncWorker that Ref()s its owner and holds the engine (shared), so dispose()
+// during a call only aborts it and the memory goes when the call settles. Each call has its own
+// abort flag: abort(callId) stops that call only. Concurrent calls on one engine reject with
+// "engine busy" (thinktune::Engine refuses them), never race. Rejections carry error.code.
 #include <cmath>
 #include <memory>
+#include <new>
 #include <string>
 #include <vector>
 
+#include "addon/errors.h"
 #include "addon/registry.h"
-#include "engine/cuda_dispatch.h"
+#include "common/error.h"
 #include "engine/engine.h"
-#include "engine/error.h"
 
 namespace thinktune::addon {
-
-// The engine of options.device (CPU or CUDA) behind the same calls.
-using Engine = DeviceEngine;
 
 namespace {
 
@@ -106,7 +105,7 @@ EngineOptions engineOptions(const Napi::Object& options) {
     }
     result.precision = precision == "bf16" ? Precision::BF16 : Precision::FP32;
   }
-  result.device = stringField(options, "device", where);  // DeviceEngine checks it
+  result.device = stringField(options, "device", where);  // thinktune::Engine checks it
   if (options.Has("maxKeptLayers") && !options.Get("maxKeptLayers").IsUndefined()) {
     result.maxKeptLayers = integerField(options, "maxKeptLayers", where);
     if (result.maxKeptLayers < 0) {
@@ -242,13 +241,16 @@ Napi::Array namedTensorsToJs(Napi::Env env, const std::vector<NamedTensorData>& 
   return array;
 }
 
-Napi::Promise rejected(Napi::Env env, const std::string& message) {
-  auto deferred = Napi::Promise::Deferred::New(env);
-  deferred.Reject(Napi::Error::New(env, message).Value());
-  return deferred.Promise();
-}
-
 constexpr const char* kDisposedMessage = "engine was disposed; create a new one with Engine.load";
+
+Failure disposed() { return {kDisposedMessage, errorCode(ErrorKind::BadInput)}; }
+
+// The optional trailing call id of a long call (undefined: the call can be stopped by abort() only).
+double callIdArgument(const Napi::CallbackInfo& info, size_t index) {
+  if (info.Length() <= index || info[index].IsUndefined()) return -1;
+  if (!info[index].IsNumber()) throw Error("the call id must be a number");
+  return info[index].As<Napi::Number>().DoubleValue();
+}
 
 // ---- the wrapper class ----
 
@@ -275,10 +277,15 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     engine_ = std::move(*loaded);
   }
 
-  // Counts the calls in flight (JS thread only) so abort() only affects a running call.
-  void callStarted() { ++pending_; }
-  void callSettled() {
-    if (--pending_ == 0 && engine_) engine_->clearAbort();
+  // The calls in flight and their abort flags (JS thread only).
+  void callStarted(double callId, std::shared_ptr<AbortFlag> flag) { pending_.push_back({callId, std::move(flag)}); }
+  void callSettled(const AbortFlag* flag) {
+    for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+      if (it->flag.get() == flag) {
+        pending_.erase(it);
+        return;
+      }
+    }
   }
   std::shared_ptr<Engine> engine() const { return engine_; }
 
@@ -287,101 +294,64 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
   Napi::Value Evaluate(const Napi::CallbackInfo& info);
   Napi::Value Logits(const Napi::CallbackInfo& info);
   Napi::Value Gradients(const Napi::CallbackInfo& info);
-
-  Engine& live(Napi::Env env) {
-    if (!engine_) throw Napi::Error::New(env, kDisposedMessage);
-    return *engine_;
-  }
-
-  Napi::Value GetLora(const Napi::CallbackInfo& info) {
-    Engine& engine = live(info.Env());
-    try {
-      return namedTensorsToJs(info.Env(), engine.getLora());
-    } catch (const std::exception& e) {
-      throw Napi::Error::New(info.Env(), e.what());
-    }
-  }
-
-  Napi::Value SetLora(const Napi::CallbackInfo& info) {
-    Engine& engine = live(info.Env());
-    try {
-      engine.setLora(namedTensorsValue(info[0], "setLora(tensors)"));
-    } catch (const std::exception& e) {
-      throw Napi::Error::New(info.Env(), e.what());
-    }
-    return info.Env().Undefined();
-  }
-
-  Napi::Value GetOptimizerState(const Napi::CallbackInfo& info) {
-    Engine& engine = live(info.Env());
-    try {
-      auto [step, tensors] = engine.getOptimizerState();
-      Napi::Object state = Napi::Object::New(info.Env());
-      state.Set("step", static_cast<double>(step));
-      state.Set("tensors", namedTensorsToJs(info.Env(), tensors));
-      return state;
-    } catch (const std::exception& e) {
-      throw Napi::Error::New(info.Env(), e.what());
-    }
-  }
-
-  Napi::Value SetOptimizerState(const Napi::CallbackInfo& info) {
-    Engine& engine = live(info.Env());
-    try {
-      if (!info[0].IsObject()) throw Error("setOptimizerState(state): state must be an object {step, tensors}");
-      const Napi::Object state = info[0].As<Napi::Object>();
-      const int64_t step = integerField(state, "step", "state");
-      engine.setOptimizerState(step, namedTensorsValue(field(state, "tensors", "state"), "state.tensors"));
-    } catch (const std::exception& e) {
-      throw Napi::Error::New(info.Env(), e.what());
-    }
-    return info.Env().Undefined();
-  }
+  Napi::Value GetLora(const Napi::CallbackInfo& info);
+  Napi::Value SetLora(const Napi::CallbackInfo& info);
+  Napi::Value GetOptimizerState(const Napi::CallbackInfo& info);
+  Napi::Value SetOptimizerState(const Napi::CallbackInfo& info);
 
   Napi::Value MemoryPlan(const Napi::CallbackInfo& info) {
-    Engine& engine = live(info.Env());
+    if (!engine_) throw jsError(info.Env(), disposed());
     Napi::Object plan = Napi::Object::New(info.Env());
-    for (const auto& [name, bytes] : engine.memoryPlan()) plan.Set(name, bytes);
+    for (const auto& [name, bytes] : engine_->memoryPlan()) plan.Set(name, bytes);
     return plan;
   }
 
+  // abort(callId) stops that call; abort() every call in flight.
   Napi::Value Abort(const Napi::CallbackInfo& info) {
-    if (engine_ && pending_ > 0) engine_->requestAbort();
+    const bool all = info.Length() == 0 || info[0].IsUndefined();
+    const double callId = !all && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
+    for (const PendingCall& call : pending_)
+      if (all || call.callId == callId) call.flag->store(true);
     return info.Env().Undefined();
   }
 
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
-    if (engine_ && pending_ > 0) engine_->requestAbort();  // a running call stops and releases its share
+    for (const PendingCall& call : pending_) call.flag->store(true);  // running calls stop and release their share
     engine_.reset();
     return info.Env().Undefined();
   }
 
+  struct PendingCall {
+    double callId;
+    std::shared_ptr<AbortFlag> flag;
+  };
   std::shared_ptr<Engine> engine_;
-  int pending_ = 0;
+  std::vector<PendingCall> pending_;
 };
 
-// One long engine call: runs `work` off the JS thread, settles the promise with `toJs`.
+// One engine call: runs `run` off the JS thread, settles the promise with `result`.
 class EngineCallWorker : public Napi::AsyncWorker {
  public:
-  EngineCallWorker(Napi::Env env, const char* name, EngineWrap* owner)
-      : Napi::AsyncWorker(env, name), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner),
-        engine_(owner->engine()) {
+  EngineCallWorker(Napi::Env env, const char* name, EngineWrap* owner, double callId)
+      : Napi::AsyncWorker(env, name), name_(name), deferred_(Napi::Promise::Deferred::New(env)), owner_(owner),
+        engine_(owner->engine()), abort_(std::make_shared<AbortFlag>(false)) {
     owner_->Ref();
-    owner_->callStarted();
+    owner_->callStarted(callId, abort_);
   }
   ~EngineCallWorker() override = default;
 
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
  protected:
-  virtual void run(Engine& engine) = 0;
+  virtual void run(Engine& engine, const AbortFlag& abort) = 0;
   virtual Napi::Value result(Napi::Env env) = 0;
 
   void Execute() override {
     try {
-      run(*engine_);
+      run(*engine_, *abort_);
     } catch (const std::exception& e) {
-      SetError(e.what());
+      failure_ = failureOf(e, name_);
+      SetError(failure_.message);
     }
   }
   void OnOK() override {
@@ -389,29 +359,32 @@ class EngineCallWorker : public Napi::AsyncWorker {
     settle();
     deferred_.Resolve(result(Env()));
   }
-  void OnError(const Napi::Error& error) override {
+  void OnError(const Napi::Error&) override {
     Napi::HandleScope scope(Env());
     settle();
-    deferred_.Reject(error.Value());
+    deferred_.Reject(jsError(Env(), failure_).Value());
   }
 
  private:
   void settle() {
-    owner_->callSettled();
+    owner_->callSettled(abort_.get());
     owner_->Unref();
   }
+  const char* name_;
   Napi::Promise::Deferred deferred_;
   EngineWrap* owner_;
   std::shared_ptr<Engine> engine_;  // keeps the engine alive through a dispose() mid-call
+  std::shared_ptr<AbortFlag> abort_;
+  Failure failure_;
 };
 
 class StepWorker : public EngineCallWorker {
  public:
-  StepWorker(Napi::Env env, EngineWrap* owner, std::vector<Row> rows, float lr)
-      : EngineCallWorker(env, "thinktune.step", owner), rows_(std::move(rows)), lr_(lr) {}
+  StepWorker(Napi::Env env, EngineWrap* owner, double callId, std::vector<Row> rows, float lr)
+      : EngineCallWorker(env, "thinktune.step", owner, callId), rows_(std::move(rows)), lr_(lr) {}
 
  protected:
-  void run(Engine& engine) override { result_ = engine.step(rows_, lr_); }
+  void run(Engine& engine, const AbortFlag& abort) override { result_ = engine.step(rows_, lr_, &abort); }
   Napi::Value result(Napi::Env env) override {
     Napi::Object object = Napi::Object::New(env);
     object.Set("lossSum", result_.lossSum);
@@ -428,11 +401,11 @@ class StepWorker : public EngineCallWorker {
 
 class EvaluateWorker : public EngineCallWorker {
  public:
-  EvaluateWorker(Napi::Env env, EngineWrap* owner, std::vector<Row> rows)
-      : EngineCallWorker(env, "thinktune.evaluate", owner), rows_(std::move(rows)) {}
+  EvaluateWorker(Napi::Env env, EngineWrap* owner, double callId, std::vector<Row> rows)
+      : EngineCallWorker(env, "thinktune.evaluate", owner, callId), rows_(std::move(rows)) {}
 
  protected:
-  void run(Engine& engine) override { result_ = engine.evaluate(rows_); }
+  void run(Engine& engine, const AbortFlag& abort) override { result_ = engine.evaluate(rows_, &abort); }
   Napi::Value result(Napi::Env env) override {
     Napi::Object object = Napi::Object::New(env);
     object.Set("lossSum", result_.lossSum);
@@ -447,11 +420,11 @@ class EvaluateWorker : public EngineCallWorker {
 
 class GradientsWorker : public EngineCallWorker {
  public:
-  GradientsWorker(Napi::Env env, EngineWrap* owner, std::vector<Row> rows)
-      : EngineCallWorker(env, "thinktune.gradients", owner), rows_(std::move(rows)) {}
+  GradientsWorker(Napi::Env env, EngineWrap* owner, double callId, std::vector<Row> rows)
+      : EngineCallWorker(env, "thinktune.gradients", owner, callId), rows_(std::move(rows)) {}
 
  protected:
-  void run(Engine& engine) override { result_ = engine.gradients(rows_, tensors_); }
+  void run(Engine& engine, const AbortFlag& abort) override { result_ = engine.gradients(rows_, tensors_, &abort); }
   Napi::Value result(Napi::Env env) override {
     Napi::Object object = Napi::Object::New(env);
     object.Set("lossSum", result_.lossSum);
@@ -468,11 +441,11 @@ class GradientsWorker : public EngineCallWorker {
 
 class LogitsWorker : public EngineCallWorker {
  public:
-  LogitsWorker(Napi::Env env, EngineWrap* owner, Row row)
-      : EngineCallWorker(env, "thinktune.logits", owner), row_(std::move(row)) {}
+  LogitsWorker(Napi::Env env, EngineWrap* owner, double callId, Row row)
+      : EngineCallWorker(env, "thinktune.logits", owner, callId), row_(std::move(row)) {}
 
  protected:
-  void run(Engine& engine) override { logits_ = engine.logits(row_); }
+  void run(Engine& engine, const AbortFlag& abort) override { logits_ = engine.logits(row_, &abort); }
   Napi::Value result(Napi::Env env) override {
     Napi::Float32Array array = Napi::Float32Array::New(env, logits_.size());
     std::copy(logits_.begin(), logits_.end(), array.Data());
@@ -484,51 +457,130 @@ class LogitsWorker : public EngineCallWorker {
   std::vector<float> logits_;
 };
 
-template <typename Worker, typename... Args>
-Napi::Value queue(Napi::Env env, Args&&... args) {
-  auto* worker = new Worker(env, std::forward<Args>(args)...);
-  Napi::Promise promise = worker->Promise();
-  worker->Queue();
-  return promise;
+// getLora / getOptimizerState: the tensors are copied (from the device, for CUDA) off the JS thread.
+class GetLoraWorker : public EngineCallWorker {
+ public:
+  GetLoraWorker(Napi::Env env, EngineWrap* owner) : EngineCallWorker(env, "thinktune.getLora", owner, -1) {}
+
+ protected:
+  void run(Engine& engine, const AbortFlag&) override { tensors_ = engine.getLora(); }
+  Napi::Value result(Napi::Env env) override { return namedTensorsToJs(env, tensors_); }
+
+ private:
+  std::vector<NamedTensorData> tensors_;
+};
+
+class SetLoraWorker : public EngineCallWorker {
+ public:
+  SetLoraWorker(Napi::Env env, EngineWrap* owner, std::vector<NamedTensorData> tensors)
+      : EngineCallWorker(env, "thinktune.setLora", owner, -1), tensors_(std::move(tensors)) {}
+
+ protected:
+  void run(Engine& engine, const AbortFlag&) override { engine.setLora(tensors_); }
+  Napi::Value result(Napi::Env env) override { return env.Undefined(); }
+
+ private:
+  std::vector<NamedTensorData> tensors_;
+};
+
+class GetOptimizerStateWorker : public EngineCallWorker {
+ public:
+  GetOptimizerStateWorker(Napi::Env env, EngineWrap* owner)
+      : EngineCallWorker(env, "thinktune.getOptimizerState", owner, -1) {}
+
+ protected:
+  void run(Engine& engine, const AbortFlag&) override { state_ = engine.getOptimizerState(); }
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object state = Napi::Object::New(env);
+    state.Set("step", static_cast<double>(state_.first));
+    state.Set("tensors", namedTensorsToJs(env, state_.second));
+    return state;
+  }
+
+ private:
+  std::pair<int64_t, std::vector<NamedTensorData>> state_;
+};
+
+class SetOptimizerStateWorker : public EngineCallWorker {
+ public:
+  SetOptimizerStateWorker(Napi::Env env, EngineWrap* owner, int64_t step, std::vector<NamedTensorData> tensors)
+      : EngineCallWorker(env, "thinktune.setOptimizerState", owner, -1), step_(step), tensors_(std::move(tensors)) {}
+
+ protected:
+  void run(Engine& engine, const AbortFlag&) override { engine.setOptimizerState(step_, tensors_); }
+  Napi::Value result(Napi::Env env) override { return env.Undefined(); }
+
+ private:
+  int64_t step_;
+  std::vector<NamedTensorData> tensors_;
+};
+
+// Reads the call's arguments on the JS thread and queues its worker; any failure (a disposed engine,
+// a malformed argument) becomes the rejected promise.
+template <typename Worker, typename Arguments>
+Napi::Value queue(const Napi::CallbackInfo& info, const std::shared_ptr<Engine>& engine, const char* during,
+                  Arguments&& arguments) {
+  if (!engine) return rejected(info.Env(), disposed());
+  try {
+    Worker* worker = arguments();
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
+  } catch (const std::exception& e) {
+    return rejected(info.Env(), failureOf(e, during));
+  }
 }
 
 Napi::Value EngineWrap::Step(const Napi::CallbackInfo& info) {
-  if (!engine_) return rejected(info.Env(), kDisposedMessage);
-  try {
+  return queue<StepWorker>(info, engine_, "step", [&] {
     std::vector<Row> rows = rowsValue(info[0]);
     if (!info[1].IsNumber()) throw Error("step(rows, lr): lr must be a number");
     const float lr = info[1].As<Napi::Number>().FloatValue();
-    return queue<StepWorker>(info.Env(), this, std::move(rows), lr);
-  } catch (const std::exception& e) {
-    return rejected(info.Env(), e.what());
-  }
+    return new StepWorker(info.Env(), this, callIdArgument(info, 2), std::move(rows), lr);
+  });
 }
 
 Napi::Value EngineWrap::Evaluate(const Napi::CallbackInfo& info) {
-  if (!engine_) return rejected(info.Env(), kDisposedMessage);
-  try {
-    return queue<EvaluateWorker>(info.Env(), this, rowsValue(info[0]));
-  } catch (const std::exception& e) {
-    return rejected(info.Env(), e.what());
-  }
+  return queue<EvaluateWorker>(info, engine_, "evaluate", [&] {
+    return new EvaluateWorker(info.Env(), this, callIdArgument(info, 1), rowsValue(info[0]));
+  });
 }
 
 Napi::Value EngineWrap::Gradients(const Napi::CallbackInfo& info) {
-  if (!engine_) return rejected(info.Env(), kDisposedMessage);
-  try {
-    return queue<GradientsWorker>(info.Env(), this, rowsValue(info[0]));
-  } catch (const std::exception& e) {
-    return rejected(info.Env(), e.what());
-  }
+  return queue<GradientsWorker>(info, engine_, "gradients", [&] {
+    return new GradientsWorker(info.Env(), this, callIdArgument(info, 1), rowsValue(info[0]));
+  });
 }
 
 Napi::Value EngineWrap::Logits(const Napi::CallbackInfo& info) {
-  if (!engine_) return rejected(info.Env(), kDisposedMessage);
-  try {
-    return queue<LogitsWorker>(info.Env(), this, rowValue(info[0], "row", false));
-  } catch (const std::exception& e) {
-    return rejected(info.Env(), e.what());
-  }
+  return queue<LogitsWorker>(info, engine_, "logits", [&] {
+    return new LogitsWorker(info.Env(), this, callIdArgument(info, 1), rowValue(info[0], "row", false));
+  });
+}
+
+Napi::Value EngineWrap::GetLora(const Napi::CallbackInfo& info) {
+  return queue<GetLoraWorker>(info, engine_, "getLora", [&] { return new GetLoraWorker(info.Env(), this); });
+}
+
+Napi::Value EngineWrap::SetLora(const Napi::CallbackInfo& info) {
+  return queue<SetLoraWorker>(info, engine_, "setLora", [&] {
+    return new SetLoraWorker(info.Env(), this, namedTensorsValue(info[0], "setLora(tensors)"));
+  });
+}
+
+Napi::Value EngineWrap::GetOptimizerState(const Napi::CallbackInfo& info) {
+  return queue<GetOptimizerStateWorker>(info, engine_, "getOptimizerState",
+                                        [&] { return new GetOptimizerStateWorker(info.Env(), this); });
+}
+
+Napi::Value EngineWrap::SetOptimizerState(const Napi::CallbackInfo& info) {
+  return queue<SetOptimizerStateWorker>(info, engine_, "setOptimizerState", [&] {
+    if (!info[0].IsObject()) throw Error("setOptimizerState(state): state must be an object {step, tensors}");
+    const Napi::Object state = info[0].As<Napi::Object>();
+    const int64_t step = integerField(state, "step", "state");
+    return new SetOptimizerStateWorker(info.Env(), this, step,
+                                       namedTensorsValue(field(state, "tensors", "state"), "state.tensors"));
+  });
 }
 
 // Loads the model off the JS thread; resolves with a new NativeEngine object.
@@ -543,7 +595,8 @@ class CreateWorker : public Napi::AsyncWorker {
     try {
       engine_ = std::make_shared<Engine>(std::move(options_));
     } catch (const std::exception& e) {
-      SetError(e.what());
+      failure_ = failureOf(e, "Engine.create");
+      SetError(failure_.message);
     }
   }
   void OnOK() override {
@@ -551,10 +604,14 @@ class CreateWorker : public Napi::AsyncWorker {
     auto external = Napi::External<std::shared_ptr<Engine>>::New(Env(), &engine_);
     deferred_.Resolve(constructor_->New({external}));
   }
-  void OnError(const Napi::Error& error) override { deferred_.Reject(error.Value()); }
+  void OnError(const Napi::Error&) override {
+    Napi::HandleScope scope(Env());
+    deferred_.Reject(jsError(Env(), failure_).Value());
+  }
 
  private:
   Napi::Promise::Deferred deferred_;
+  Failure failure_;
   EngineOptions options_;
   Napi::FunctionReference* constructor_;
   std::shared_ptr<Engine> engine_;
@@ -569,7 +626,7 @@ Napi::Value CreateEngine(const Napi::CallbackInfo& info) {
     worker->Queue();
     return promise;
   } catch (const std::exception& e) {
-    return rejected(info.Env(), e.what());
+    return rejected(info.Env(), failureOf(e, "Engine.create"));
   }
 }
 

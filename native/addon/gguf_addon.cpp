@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "addon/registry.h"
-#include "engine/error.h"
+#include "common/error.h"
 #include "engine/gguf_mapping.h"
 
 namespace thinktune::addon {

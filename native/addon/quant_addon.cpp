@@ -5,7 +5,7 @@
 #include <string>
 
 #include "addon/registry.h"
-#include "engine/error.h"
+#include "common/error.h"
 #include "quant/quant.h"
 
 namespace thinktune::addon {

@@ -1,43 +1,24 @@
-// Engine lifetime, input validation, the public calls and LoRA / optimizer state exchange.
-// The forward and backward passes are in train_step.cpp.
+// The engine's public calls, written once over a Backend: lifetime, input validation, the row and
+// layer loop, the optimizer step around the backend's AdamW, LoRA / optimizer state exchange.
 #include "engine/engine.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <thread>
 #include <unordered_map>
 
-#include "engine/error.h"
-#include "engine/parallel.h"
-#include "kernels/cpu/adamw.h"
-#include "kernels/cpu/matmul_bf16.h"
-#include "kernels/cpu/threading.h"
+#include "common/error.h"
 
 namespace thinktune {
 
 namespace {
-constexpr int64_t kWeightChunkFloats = int64_t{4} << 20;  // 16 MiB of dequantized rows
-constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;  // 32 MiB of (tokens, vocab chunk) logits
-
 std::string rowWhere(size_t row) { return "row " + std::to_string(row); }
 }  // namespace
 
-Engine::Call::Call(Engine& engine, const char* what) : engine_(engine) {
-  if (engine.busy_.exchange(true)) {
-    throw Error(std::string("engine busy: ") + engine.runningCall_.load() + " is still running; await it before calling " +
-                what);
-  }
-  engine.runningCall_.store(what);
-  setThreadCount(engine.threads_);
-}
-
-Engine::Call::~Call() {
-  engine_.runningCall_.store("");
-  engine_.busy_.store(false);
-}
-
 Engine::Engine(EngineOptions options) : options_(std::move(options)) {
+  if (options_.device != "cpu" && options_.device != "cuda") {
+    throw Error("options.device must be \"cpu\" or \"cuda\", got \"" + options_.device + "\"");
+  }
   if (options_.maxTokens <= 0) {
     throw Error("maxTokens must be a positive integer, got " + std::to_string(options_.maxTokens));
   }
@@ -45,30 +26,55 @@ Engine::Engine(EngineOptions options) : options_(std::move(options)) {
     throw Error("maxTokens " + std::to_string(options_.maxTokens) + " exceeds the model's context length " +
                 std::to_string(options_.config.contextLength));
   }
-  if (options_.precision == Precision::BF16 && !kernels::bf16MatmulAvailable()) {
-    throw Error("precision \"bf16\" needs a CPU with AVX512-BF16 (and a build for it); use precision \"fp32\"");
+  if (options_.gpuMemoryBytes < 0) {
+    throw Error("gpuMemoryBytes must be >= 0, got " + std::to_string(options_.gpuMemoryBytes));
   }
-  const unsigned cores = std::thread::hardware_concurrency();
-  threads_ = options_.threads > 0 ? options_.threads : static_cast<int>(cores == 0 ? 1 : cores);
-  setThreadCount(threads_);
   model_ = std::make_unique<Model>(options_.path, std::move(options_.tensors), options_.alignment, options_.config);
   options_.tensors.clear();
   lora_ = std::make_unique<Lora>(model_->config(), options_.lora);
+  backend_ = options_.device == "cpu" ? createCpuBackend(options_, *model_, *lora_)
+                                      : createCudaBackend(options_, *model_, *lora_);
+  backend_->beginCall();
+  std::vector<float> initial = hostBlock("the initial LoRA parameters");
+  lora_->initialize(initial.data());
+  backend_->writeBlock(LoraBlock::Params, initial.data());
+}
 
-  const ModelConfig& c = model_->config();
-  PlanSizes sizes;
-  sizes.maxTokens = options_.maxTokens;
-  sizes.threads = threads_;
-  sizes.vocabChunk = std::min<int64_t>(c.nVocab, std::max<int64_t>(256, kLogitsChunkFloats / sizes.maxTokens));
-  const int64_t largestMatrix = model_->maxRows() * model_->maxRowLength();
-  sizes.weightChunkFloats = std::max(std::min(kWeightChunkFloats, largestMatrix),
-                                     std::max(model_->maxRowLength() * 32, sizes.vocabChunk * c.nEmbd));
-  plan_ = std::make_unique<MemoryPlan>(*model_, *lora_, sizes);
-  lora_->initialize(plan_->lora().params);
+Engine::~Engine() = default;
+
+template <class Body>
+auto Engine::guarded(const char* what, const AbortFlag* abort, Body&& body) -> decltype(body()) {
+  if (busy_.exchange(true)) {
+    throw Error(std::string("engine busy: ") + runningCall_.load() + " is still running; await it before calling " +
+                what);
+  }
+  runningCall_.store(what);
+  callAbort_ = abort;
+  struct Release {
+    Engine& engine;
+    ~Release() {
+      engine.callAbort_ = nullptr;
+      engine.runningCall_.store("");
+      engine.busy_.store(false);
+    }
+  } release{*this};
+  if (!broken_.empty()) {
+    throw Error("the CUDA engine is unusable after an earlier GPU failure (" + broken_ +
+                    "); dispose it and create a new engine",
+                ErrorKind::DeviceFailure);
+  }
+  try {
+    backend_->beginCall();
+    return body();
+  } catch (const Error& error) {
+    // the device may be unusable after a failed CUDA call: refuse later calls instead of guessing
+    if (error.kind == ErrorKind::DeviceFailure) broken_ = error.what();
+    throw;
+  }
 }
 
 void Engine::checkAbort() const {
-  if (abortRequested_.load()) throw AbortedError();
+  if (callAbort_ && callAbort_->load()) throw AbortedError();
 }
 
 void validateRows(const ModelConfig& c, int64_t maxTokens, const std::vector<Row>& rows, bool needTargets) {
@@ -131,61 +137,136 @@ void Engine::validateRows(const std::vector<Row>& rows, bool needTargets) const 
   thinktune::validateRows(model_->config(), options_.maxTokens, rows, needTargets);
 }
 
-StepResult Engine::step(const std::vector<Row>& rows, float lr) {
-  Call call(*this, "step");
-  validateStepInputs(model_->config(), options_.maxTokens, rows, lr);
-  const size_t P = lora_->parameterCount();
-  const LoraBuffers& buffers = plan_->lora();
-  std::fill(buffers.grads, buffers.grads + P, 0.0f);
-  const LossResult loss = runRows(rows, true, true);
-  if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite; lower the learning rate or check the data");
-
-  double sumSquares = 0.0;
-#pragma omp parallel for reduction(+ : sumSquares) schedule(static) if (P >= kernels::kParallelMinWork)
-  for (size_t i = 0; i < P; ++i) sumSquares += static_cast<double>(buffers.grads[i]) * buffers.grads[i];
-  const double meanScale = 1.0 / static_cast<double>(loss.tokens);
-  const double gradNorm = std::sqrt(sumSquares) * meanScale;
-  if (!std::isfinite(gradNorm)) throw Error("gradient became NaN or infinite; lower the learning rate or check the data");
-  double gradScale = meanScale;
-  const OptimizerOptions& opt = options_.optimizer;
-  if (opt.clipNorm > 0.0f && gradNorm > opt.clipNorm) gradScale *= opt.clipNorm / (gradNorm + 1e-6);
-
-  ++optimizerStep_;
-  kernels::AdamWHyper hyper{lr, opt.beta1, opt.beta2, opt.eps, opt.weightDecay, optimizerStep_};
-  kernels::adamw_update(buffers.params, buffers.m, buffers.v, buffers.grads, static_cast<int64_t>(P),
-                        static_cast<float>(gradScale), hyper);
-  return {loss.lossSum, loss.tokens, gradNorm};
+void Engine::forwardLayers(int64_t T, const Pass& pass) {
+  for (int64_t l = 0; l < model_->config().nLayer; ++l) {
+    checkAbort();
+    backend_->layerForward(l, T, pass);
+  }
 }
 
-LossResult Engine::evaluate(const std::vector<Row>& rows) {
-  Call call(*this, "evaluate");
-  validateRows(rows, true);
-  const LossResult loss = runRows(rows, false, false);
-  if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite during evaluate");
-  return loss;
+LossResult Engine::runRows(const std::vector<Row>& rows, bool withGradient, const Pass& pass) {
+  const int64_t L = model_->config().nLayer;
+  LossResult total;
+  backend_->resetLoss();
+  for (const Row& row : rows) {
+    checkAbort();
+    const int64_t T = static_cast<int64_t>(row.tokens.size());
+    backend_->beginRow(row);
+    forwardLayers(T, pass);
+    const int64_t targets = backend_->lossHead(row, withGradient);
+    if (withGradient && targets > 0) {
+      for (int64_t l = L - 1; l >= 0; --l) {
+        checkAbort();
+        // The last layer's activations are still in place from the forward pass (the loss head has
+        // buffers of its own); below layer 0 lies the frozen embedding, which needs no gradient.
+        backend_->layerBackward(l, T, pass, l != L - 1, l > 0);
+      }
+    }
+    total.tokens += targets;
+  }
+  total.lossSum = backend_->lossSum();
+  return total;
 }
 
-LossResult Engine::gradients(const std::vector<Row>& rows, std::vector<NamedTensorData>& tensors) {
-  Call call(*this, "gradients");
-  validateRows(rows, true);
-  const size_t P = lora_->parameterCount();
-  std::fill(plan_->lora().grads, plan_->lora().grads + P, 0.0f);
-  const LossResult loss = runRows(rows, true, false);
-  if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite");
-  tensors = namedTensors(plan_->lora().grads, "");
-  return loss;
+void Engine::diverged(const std::string& what) {
+  std::string message = what + "; lower the learning rate or check the data";
+  if (updateUndoable_) {
+    // the weights of the last update produced this: back to the state before it
+    backend_->restoreState();
+    message += " (the update of step " + std::to_string(optimizerStep_) + ", which led here, was undone)";
+    --optimizerStep_;
+    updateUndoable_ = false;
+  }
+  throw Error(message, ErrorKind::Diverged);
 }
 
-std::vector<NamedTensorData> Engine::namedTensors(const float* block, const char* suffix) const {
+StepResult Engine::step(const std::vector<Row>& rows, float lr, const AbortFlag* abort) {
+  return guarded("step", abort, [&]() -> StepResult {
+    validateStepInputs(model_->config(), options_.maxTokens, rows, lr);
+    backend_->zeroGradients();
+    const LossResult loss = runRows(rows, true, {true, static_cast<uint64_t>(optimizerStep_ + 1)});
+    if (!std::isfinite(loss.lossSum)) diverged("loss became NaN or infinite");
+
+    const double meanScale = 1.0 / static_cast<double>(loss.tokens);
+    const double gradNorm = std::sqrt(backend_->sumSquares(LoraBlock::Grads)) * meanScale;
+    if (!std::isfinite(gradNorm)) diverged("gradient became NaN or infinite");
+    double gradScale = meanScale;
+    const OptimizerOptions& opt = options_.optimizer;
+    if (opt.clipNorm > 0.0f && gradNorm > opt.clipNorm) gradScale *= opt.clipNorm / (gradNorm + 1e-6);
+
+    backend_->saveState();
+    backend_->adamwUpdate(adamwStep(lr, opt.beta1, opt.beta2, opt.eps, opt.weightDecay, optimizerStep_ + 1,
+                                    static_cast<float>(gradScale)));
+    const double updated = backend_->sumSquares(LoraBlock::Params) + backend_->sumSquares(LoraBlock::M) +
+                           backend_->sumSquares(LoraBlock::V);
+    if (!std::isfinite(updated)) {
+      backend_->restoreState();
+      updateUndoable_ = false;  // the saved copy now holds this step's starting state
+      throw Error("the AdamW update at learning rate " + std::to_string(lr) +
+                      " became NaN or infinite and was not applied; lower the learning rate",
+                  ErrorKind::Diverged);
+    }
+    ++optimizerStep_;
+    updateUndoable_ = true;
+    return {loss.lossSum, loss.tokens, gradNorm};
+  });
+}
+
+LossResult Engine::evaluate(const std::vector<Row>& rows, const AbortFlag* abort) {
+  return guarded("evaluate", abort, [&]() -> LossResult {
+    validateRows(rows, true);
+    const LossResult loss = runRows(rows, false, {false, 0});
+    if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite during evaluate", ErrorKind::Diverged);
+    return loss;
+  });
+}
+
+LossResult Engine::gradients(const std::vector<Row>& rows, std::vector<NamedTensorData>& tensors,
+                             const AbortFlag* abort) {
+  return guarded("gradients", abort, [&]() -> LossResult {
+    validateRows(rows, true);
+    backend_->zeroGradients();
+    const LossResult loss = runRows(rows, true, {false, 0});
+    if (!std::isfinite(loss.lossSum)) throw Error("loss became NaN or infinite", ErrorKind::Diverged);
+    tensors = namedTensors(LoraBlock::Grads, "");
+    return loss;
+  });
+}
+
+std::vector<float> Engine::logits(const Row& row, const AbortFlag* abort) {
+  return guarded("logits", abort, [&]() -> std::vector<float> {
+    validateRows({row}, false);
+    const int64_t T = static_cast<int64_t>(row.tokens.size());
+    const int64_t V = model_->config().nVocab;
+    std::vector<float> result;  // (T, V)
+    resizeOrThrow(result, static_cast<size_t>(T * V),
+                  "the logits of " + std::to_string(T) + " positions × " + std::to_string(V) +
+                      " vocabulary entries; ask for fewer positions");
+    backend_->beginRow(row);
+    forwardLayers(T, {false, 0});
+    backend_->logitsHead(T, result.data());
+    for (float value : result)
+      if (!std::isfinite(value)) throw Error("logits became NaN or infinite", ErrorKind::Diverged);
+    return result;
+  });
+}
+
+std::vector<float> Engine::hostBlock(const char* what) const {
+  std::vector<float> block;
+  resizeOrThrow(block, lora_->parameterCount(), what);
+  return block;
+}
+
+std::vector<NamedTensorData> Engine::namedTensors(LoraBlock which, const char* suffix) {
+  std::vector<float> block = hostBlock("a copy of the LoRA tensors");
+  backend_->readBlock(which, block.data());
   std::vector<NamedTensorData> tensors;
   const int64_t R = lora_->options().rank;
   for (const LoraAdapter& adapter : lora_->adapters()) {
-    NamedTensorData a{adapter.name + ".lora_a" + suffix, {R, adapter.in}, {}};
-    a.data.assign(block + adapter.offsetA, block + adapter.offsetA + R * adapter.in);
-    NamedTensorData b{adapter.name + ".lora_b" + suffix, {adapter.out, R}, {}};
-    b.data.assign(block + adapter.offsetB, block + adapter.offsetB + adapter.out * R);
-    tensors.push_back(std::move(a));
-    tensors.push_back(std::move(b));
+    const float* a = block.data() + adapter.offsetA;
+    const float* b = block.data() + adapter.offsetB;
+    tensors.push_back({adapter.name + ".lora_a" + suffix, {R, adapter.in}, std::vector<float>(a, a + R * adapter.in)});
+    tensors.push_back({adapter.name + ".lora_b" + suffix, {adapter.out, R}, std::vector<float>(b, b + adapter.out * R)});
   }
   return tensors;
 }
@@ -234,41 +315,47 @@ void loadLoraTensors(const Lora& lora, float* block, const std::vector<NamedTens
 }
 
 std::vector<NamedTensorData> Engine::getLora() {
-  Call call(*this, "getLora");
-  return namedTensors(plan_->lora().params, "");
+  return guarded("getLora", nullptr, [&] { return namedTensors(LoraBlock::Params, ""); });
 }
 
 void Engine::setLora(const std::vector<NamedTensorData>& tensors) {
-  Call call(*this, "setLora");
-  loadLoraTensors(*lora_, plan_->lora().params, tensors, "", "setLora");
+  guarded("setLora", nullptr, [&] {
+    std::vector<float> block = hostBlock("a copy of the LoRA tensors");
+    loadLoraTensors(*lora_, block.data(), tensors, "", "setLora");
+    backend_->writeBlock(LoraBlock::Params, block.data());
+    updateUndoable_ = false;
+  });
 }
 
 std::pair<int64_t, std::vector<NamedTensorData>> Engine::getOptimizerState() {
-  Call call(*this, "getOptimizerState");
-  std::vector<NamedTensorData> tensors = namedTensors(plan_->lora().m, ".m");
-  std::vector<NamedTensorData> second = namedTensors(plan_->lora().v, ".v");
-  for (NamedTensorData& tensor : second) tensors.push_back(std::move(tensor));
-  return {optimizerStep_, std::move(tensors)};
+  return guarded("getOptimizerState", nullptr, [&] {
+    std::vector<NamedTensorData> tensors = namedTensors(LoraBlock::M, ".m");
+    for (NamedTensorData& tensor : namedTensors(LoraBlock::V, ".v")) tensors.push_back(std::move(tensor));
+    return std::make_pair(optimizerStep_, std::move(tensors));
+  });
 }
 
 void Engine::setOptimizerState(int64_t step, const std::vector<NamedTensorData>& tensors) {
-  Call call(*this, "setOptimizerState");
-  if (step < 0) throw Error("setOptimizerState: step must be >= 0, got " + std::to_string(step));
-  std::vector<NamedTensorData> first, second;
-  for (const NamedTensorData& tensor : tensors) {
-    const bool isM = tensor.name.size() > 2 && tensor.name.compare(tensor.name.size() - 2, 2, ".m") == 0;
-    (isM ? first : second).push_back(tensor);
-  }
-  // validate both halves before writing either
-  std::vector<float> m(lora_->parameterCount()), v(lora_->parameterCount());
-  loadLoraTensors(*lora_, m.data(), first, ".m", "setOptimizerState");
-  loadLoraTensors(*lora_, v.data(), second, ".v", "setOptimizerState");
-  for (float value : v) {
-    if (value < 0.0f) throw Error("setOptimizerState: a second-moment (.v) value is negative; the state is corrupt");
-  }
-  std::copy(m.begin(), m.end(), plan_->lora().m);
-  std::copy(v.begin(), v.end(), plan_->lora().v);
-  optimizerStep_ = step;
+  guarded("setOptimizerState", nullptr, [&] {
+    if (step < 0) throw Error("setOptimizerState: step must be >= 0, got " + std::to_string(step));
+    std::vector<NamedTensorData> first, second;
+    for (const NamedTensorData& tensor : tensors) {
+      const bool isM = tensor.name.size() > 2 && tensor.name.compare(tensor.name.size() - 2, 2, ".m") == 0;
+      (isM ? first : second).push_back(tensor);
+    }
+    // validate both halves before writing either
+    std::vector<float> m = hostBlock("a copy of the optimizer state");
+    std::vector<float> v = hostBlock("a copy of the optimizer state");
+    loadLoraTensors(*lora_, m.data(), first, ".m", "setOptimizerState");
+    loadLoraTensors(*lora_, v.data(), second, ".v", "setOptimizerState");
+    for (float value : v) {
+      if (value < 0.0f) throw Error("setOptimizerState: a second-moment (.v) value is negative; the state is corrupt");
+    }
+    backend_->writeBlock(LoraBlock::M, m.data());
+    backend_->writeBlock(LoraBlock::V, v.data());
+    optimizerStep_ = step;
+    updateUndoable_ = false;
+  });
 }
 
 }  // namespace thinktune

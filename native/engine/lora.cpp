@@ -2,20 +2,10 @@
 
 #include <cmath>
 
-#include "engine/error.h"
+#include "common/error.h"
+#include "common/splitmix.h"
 
 namespace thinktune {
-
-namespace {
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-// uniform in [0, 1) from the top 24 bits
-float unitFloat(uint64_t bits) { return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f); }
-}  // namespace
 
 Lora::Lora(const ModelConfig& config, const LoraOptions& options) : options_(options) {
   if (options.rank <= 0) throw Error("lora.rank must be a positive integer, got " + std::to_string(options.rank));
@@ -65,9 +55,7 @@ void Lora::initialize(float* parameters) const {
 
 bool Lora::keeps(uint64_t step, int64_t layer, Projection projection, uint64_t index) const {
   const uint64_t site = static_cast<uint64_t>(layer * kProjectionCount + static_cast<int>(projection));
-  const uint64_t bits = splitmix64(splitmix64(splitmix64(options_.seed ^ 0xD1B54A32D192ED03ull) ^ step) ^
-                                   (site << 40) ^ index);
-  return unitFloat(bits) >= options_.dropout;
+  return dropoutKeeps(dropoutStepKey(options_.seed, step), site, index, options_.dropout);
 }
 
 }  // namespace thinktune

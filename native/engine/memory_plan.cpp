@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "engine/error.h"
+#include "common/error.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/matmul.h"
 
@@ -19,7 +19,8 @@ char* allocate(size_t bytes, const char* lifetime) {
   void* block = std::aligned_alloc(kAlignment, roundUp(std::max<size_t>(bytes, kAlignment), kAlignment));
   if (!block) {
     throw Error(std::string("out of memory: the ") + lifetime + " buffers need " + mebibytes(bytes) +
-                "; lower maxTokens or the LoRA rank, or free memory");
+                    "; lower maxTokens or the LoRA rank, or free memory",
+                ErrorKind::OutOfMemory);
   }
   return static_cast<char*>(block);
 }
@@ -27,21 +28,33 @@ char* allocate(size_t bytes, const char* lifetime) {
 
 void MemoryPlan::Block::operator()(void* p) const { std::free(p); }
 
-MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& sizes) : sizes_(sizes) {
-  const ModelConfig& c = model.config();
-  const int64_t T = sizes.maxTokens;
-  const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf, R = lora.options().rank;
-  const int64_t widest = std::max(std::max(C, QD), F);
+void layoutLora(BufferLayout& layout, LoraBuffers& l, int64_t P) {
+  layout.add(l.params, P);
+  layout.add(l.grads, P);
+  layout.add(l.m, P);
+  layout.add(l.v, P);
+  layout.add(l.savedParams, P);
+  layout.add(l.savedM, P);
+  layout.add(l.savedV, P);
+}
 
-  BufferLayout loraLayout(kAlignment);
-  const int64_t P = static_cast<int64_t>(lora.parameterCount());
-  loraLayout.add(lora_.params, P);
-  loraLayout.add(lora_.grads, P);
-  loraLayout.add(lora_.m, P);
-  loraLayout.add(lora_.v, P);
+float* loraBlock(const LoraBuffers& l, LoraBlock block) {
+  switch (block) {
+    case LoraBlock::Params: return l.params;
+    case LoraBlock::Grads: return l.grads;
+    case LoraBlock::M: return l.m;
+    case LoraBlock::V: return l.v;
+  }
+  return l.params;
+}
 
-  BufferLayout act(kAlignment);
-  ActivationBuffers& a = activations_;
+std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& l, bool save) {
+  if (save) return {{{l.savedParams, l.params}, {l.savedM, l.m}, {l.savedV, l.v}}};
+  return {{{l.params, l.savedParams}, {l.m, l.savedM}, {l.v, l.savedV}}};
+}
+
+void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfig& c, int64_t T, int64_t R) {
+  const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf;
   act.add(a.residual, (c.nLayer + 1) * T * C);
   act.add(a.normed1, T * C);
   act.add(a.rstd1, T);
@@ -49,20 +62,13 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   act.add(a.k, T * KD);
   act.add(a.v, T * KD);
   act.add(a.attn, T * QD);
-  act.add(a.lse, c.nHead * T);
-  act.add(a.residual2, T * C);
   act.add(a.normed2, T * C);
   act.add(a.rstd2, T);
-  act.add(a.gate, T * F);
-  act.add(a.up, T * F);
   act.add(a.hidden, T * F);
-  act.add(a.loraHidden, kProjectionCount * T * R);
   act.add(a.normedFinal, T * C);
   act.add(a.rstdFinal, T);
   act.add(a.ropeCache, T * c.headDim);
-  act.add(a.positions, T);
   act.add(a.seqStart, T);
-  act.add(a.seqEnd, T);
   act.add(a.dResidual, T * C);
   act.add(a.dNormed, T * C);
   act.add(a.dAttn, T * QD);
@@ -79,6 +85,27 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   act.add(a.runSum, T);
   act.add(a.targetLogit, T);
   act.add(a.lossLse, T);
+}
+
+MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& sizes) : sizes_(sizes) {
+  const ModelConfig& c = model.config();
+  const int64_t T = sizes.maxTokens;
+  const int64_t C = c.nEmbd, QD = c.qDim(), F = c.nFf, R = lora.options().rank;
+  const int64_t widest = std::max(std::max(C, QD), F);
+
+  BufferLayout loraLayout(kAlignment);
+  layoutLora(loraLayout, lora_, static_cast<int64_t>(lora.parameterCount()));
+
+  BufferLayout act(kAlignment);
+  layoutActivations(act, activations_, c, T, R);
+  CpuBuffers& b = cpuBuffers_;
+  act.add(b.lse, c.nHead * T);
+  act.add(b.residual2, T * C);
+  act.add(b.gate, T * F);
+  act.add(b.up, T * F);
+  act.add(b.loraHidden, kProjectionCount * T * R);
+  act.add(b.positions, T);
+  act.add(b.seqEnd, T);
 
   BufferLayout scratch(kAlignment);
   ScratchBuffers& s = scratch_;

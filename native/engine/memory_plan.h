@@ -3,12 +3,14 @@
 // memoryPlan(); a failed allocation is an Error with the numbers.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/lora.h"
 #include "engine/model.h"
 
@@ -17,7 +19,8 @@ namespace thinktune {
 inline size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
 // Two passes over the same list of (pointer, count): sum the sizes, then hand out addresses inside
-// one allocation, each buffer starting on `alignment` bytes. Used by the CPU and CUDA memory plans.
+// one allocation, each buffer starting on `alignment` bytes. Used by the CPU and CUDA memory plans
+// (this file and cuda_plan.cu), which lay out the LoRA and activation buffers alike.
 class BufferLayout {
  public:
   explicit BufferLayout(size_t alignment) : alignment_(alignment) {}
@@ -41,16 +44,27 @@ class BufferLayout {
   size_t bytes_ = 0;
 };
 
-// LoRA lifetime: parameters, gradients and AdamW moments, each lora.parameterCount() floats.
+// LoRA lifetime: parameters, gradients and AdamW moments, and the parameters and moments saved
+// before the last update (so a diverged step can undo it), each lora.parameterCount() floats.
 struct LoraBuffers {
   float* params = nullptr;
   float* grads = nullptr;
   float* m = nullptr;
   float* v = nullptr;
+  float* savedParams = nullptr;
+  float* savedM = nullptr;
+  float* savedV = nullptr;
 };
+void layoutLora(BufferLayout& layout, LoraBuffers& buffers, int64_t parameterCount);
+float* loraBlock(const LoraBuffers& buffers, LoraBlock block);
+// (destination, source) of the three copies that save params, m and v (save) or restore them
+std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& buffers, bool save);
 
-// Activation lifetime: what one row of up to T = maxTokens positions needs.
-// C = nEmbd, QD = nHead·headDim, KD = nHeadKv·headDim, F = nFf, R = LoRA rank.
+// Activation lifetime: the buffers of one row of up to T = maxTokens positions that both backends
+// lay out alike (layoutActivations). C = nEmbd, QD = nHead·headDim, KD = nHeadKv·headDim, F = nFf,
+// R = LoRA rank. What a layer's backward reads of its forward beyond these (attention statistics,
+// the feed-forward input, gate, up, LoRA hidden) each backend keeps its own way (CpuBuffers here,
+// LayerActivations in cuda_plan.cuh).
 struct ActivationBuffers {
   float* residual = nullptr;   // (L + 1, T, C): each layer's input (checkpoints) and the final output
   float* normed1 = nullptr;    // (T, C) attention RMSNorm output
@@ -59,20 +73,13 @@ struct ActivationBuffers {
   float* k = nullptr;          // (T, KD) after RoPE
   float* v = nullptr;          // (T, KD)
   float* attn = nullptr;       // (T, QD) attention output
-  float* lse = nullptr;        // (nHead, T)
-  float* residual2 = nullptr;  // (T, C) after the attention residual
   float* normed2 = nullptr;    // (T, C) FFN RMSNorm output
   float* rstd2 = nullptr;      // (T)
-  float* gate = nullptr;       // (T, F); holds d(gate) in the backward pass
-  float* up = nullptr;         // (T, F); holds d(up) in the backward pass
   float* hidden = nullptr;     // (T, F) silu(gate)·up
-  float* loraHidden = nullptr;  // (7, T, R) x·Aᵀ of each projection's LoRA
   float* normedFinal = nullptr;  // (T, C)
   float* rstdFinal = nullptr;    // (T)
   float* ropeCache = nullptr;    // (T, headDim)
-  int32_t* positions = nullptr;  // (T)
-  int32_t* seqStart = nullptr;   // (T)
-  int32_t* seqEnd = nullptr;     // (T)
+  int32_t* seqStart = nullptr;   // (T) start of each position's sequence
   // backward
   float* dResidual = nullptr;  // (T, C)
   float* dNormed = nullptr;    // (T, C)
@@ -92,6 +99,19 @@ struct ActivationBuffers {
   float* targetLogit = nullptr;  // (T)
   float* lossLse = nullptr;      // (T)
 };
+void layoutActivations(BufferLayout& layout, ActivationBuffers& buffers, const ModelConfig& config, int64_t T,
+                       int64_t rank);
+
+// The CPU backend's own activation buffers.
+struct CpuBuffers {
+  float* lse = nullptr;          // (nHead, T)
+  float* residual2 = nullptr;    // (T, C) after the attention residual
+  float* gate = nullptr;         // (T, F); holds d(gate) in the backward pass
+  float* up = nullptr;           // (T, F); holds d(up) in the backward pass
+  float* loraHidden = nullptr;   // (7, T, R) x·Aᵀ of each projection's LoRA
+  int32_t* positions = nullptr;  // (T) position inside its sequence
+  int32_t* seqEnd = nullptr;     // (T) end of each position's sequence
+};
 
 // Scratch lifetime: reused by every kernel call.
 struct ScratchBuffers {
@@ -109,11 +129,13 @@ struct PlanSizes {
   int threads = 1;
 };
 
+// The CPU backend's plan: host memory, one block per lifetime.
 class MemoryPlan {
  public:
   MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& sizes);
   const LoraBuffers& lora() const { return lora_; }
   const ActivationBuffers& activations() const { return activations_; }
+  const CpuBuffers& cpuBuffers() const { return cpuBuffers_; }
   const ScratchBuffers& scratch() const { return scratch_; }
   const PlanSizes& sizes() const { return sizes_; }
   // bytes per lifetime: weights (mapped file), convertedWeights, lora, activations, scratch
@@ -126,6 +148,7 @@ class MemoryPlan {
   PlanSizes sizes_;
   LoraBuffers lora_;
   ActivationBuffers activations_;
+  CpuBuffers cpuBuffers_;
   ScratchBuffers scratch_;
   size_t loraBytes_ = 0, activationBytes_ = 0, scratchBytes_ = 0;
   std::unique_ptr<char, Block> loraBlock_, activationBlock_, scratchBlock_;

@@ -4,7 +4,7 @@
 #include <atomic>
 #include <cmath>
 
-#include "engine/error.h"
+#include "common/error.h"
 #include "quant/quant.h"
 #include "kernels/cpu/threading.h"
 

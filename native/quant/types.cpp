@@ -5,8 +5,8 @@
 #include <iterator>
 #include <limits>
 
-#include "engine/error.h"
-#include "engine/parallel.h"
+#include "common/error.h"
+#include "common/parallel.h"
 #include "quant/blocks.h"
 #include "quant/quant.h"
 

@@ -95,21 +95,44 @@ export interface NativeStepResult {
   gradNorm: number;
 }
 
+/**
+ * Every native rejection carries one of these as `error.code`: the input was wrong, an allocation
+ * failed, a CUDA/cuBLAS call failed (the engine refuses later calls), training produced a NaN or
+ * infinite loss, gradient or update (nothing was applied), or the call was aborted.
+ */
+export type NativeErrorCode = "bad-input" | "out-of-memory" | "device-failure" | "diverged" | "aborted";
+
+export interface NativeError extends Error {
+  code: NativeErrorCode;
+}
+
+const nativeErrorCodes: readonly string[] = ["bad-input", "out-of-memory", "device-failure", "diverged", "aborted"] satisfies NativeErrorCode[];
+
+/** The kind of a native rejection, or undefined when `error` did not come from the addon. */
+export function nativeErrorCode(error: unknown): NativeErrorCode | undefined {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && nativeErrorCodes.includes(code) ? (code as NativeErrorCode) : undefined;
+}
+
+/**
+ * The long calls take an optional call id (any number the caller picks): `abort(callId)` stops that
+ * call only, `abort()` every call in flight.
+ */
 export interface NativeEngine {
-  step(rows: NativeRow[], lr: number): Promise<NativeStepResult>;
-  evaluate(rows: NativeRow[]): Promise<{ lossSum: number; tokens: number }>;
+  step(rows: NativeRow[], lr: number, callId?: number): Promise<NativeStepResult>;
+  evaluate(rows: NativeRow[], callId?: number): Promise<{ lossSum: number; tokens: number }>;
   /** [tokens.length, nVocab] row-major */
-  logits(row: { tokens: Int32Array; seqStarts: Int32Array }): Promise<Float32Array>;
+  logits(row: { tokens: Int32Array; seqStarts: Int32Array }, callId?: number): Promise<Float32Array>;
   /** LoRA gradients of the summed loss, without an update (tests and checks) */
-  gradients(rows: NativeRow[]): Promise<{ lossSum: number; tokens: number; tensors: NamedTensor[] }>;
-  getLora(): NamedTensor[];
-  setLora(tensors: NamedTensor[]): void;
-  getOptimizerState(): { step: number; tensors: NamedTensor[] };
-  setOptimizerState(state: { step: number; tensors: NamedTensor[] }): void;
+  gradients(rows: NativeRow[], callId?: number): Promise<{ lossSum: number; tokens: number; tensors: NamedTensor[] }>;
+  getLora(): Promise<NamedTensor[]>;
+  setLora(tensors: NamedTensor[]): Promise<void>;
+  getOptimizerState(): Promise<{ step: number; tensors: NamedTensor[] }>;
+  setOptimizerState(state: { step: number; tensors: NamedTensor[] }): Promise<void>;
   /** bytes planned per lifetime, known before the first step */
   memoryPlan(): Record<string, number>;
-  /** stop the running call between layers; it rejects with "aborted" */
-  abort(): void;
+  /** stop a call between layers (the one with this id, or every call in flight); it rejects with "aborted" */
+  abort(callId?: number): void;
   dispose(): void;
 }
 

@@ -6,6 +6,7 @@ import { modelConfigFromGguf } from "../gguf/model-config.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import {
   loadNativeAddon,
+  type NativeErrorCode,
   type NamedTensor,
   type NativeEngine,
   type NativeEngineOptions,
@@ -53,7 +54,10 @@ export interface CallOptions {
 }
 
 export class EngineError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly code?: NativeErrorCode,
+  ) {
     super(message);
     this.name = "EngineError";
   }
@@ -68,6 +72,7 @@ function formatIssues(error: z.ZodError): string {
 export class Engine {
   /** @internal */
   readonly #native: NativeEngine;
+  #nextCallId = 0;
 
   private constructor(
     native: NativeEngine,
@@ -113,42 +118,42 @@ export class Engine {
 
   /** One optimizer step over all rows (micro-batches accumulated), at learning rate lr. */
   async step(rows: EngineRow[], lr: number, options: CallOptions = {}): Promise<EngineStepResult> {
-    const result = await this.#withSignal(options.signal, () => this.#native.step(rows, lr));
+    const result = await this.#withSignal(options.signal, (callId) => this.#native.step(rows, lr, callId));
     return { ...result, loss: result.lossSum / result.tokens };
   }
 
   async evaluate(rows: EngineRow[], options: CallOptions = {}): Promise<EngineLossResult> {
-    const result = await this.#withSignal(options.signal, () => this.#native.evaluate(rows));
+    const result = await this.#withSignal(options.signal, (callId) => this.#native.evaluate(rows, callId));
     return { ...result, loss: result.tokens > 0 ? result.lossSum / result.tokens : Number.NaN };
   }
 
   /** Logits (tokens.length × nVocab, row-major) of one sequence, or of a packed row. */
   async logits(input: Int32Array | { tokens: Int32Array; seqStarts: Int32Array }, options: CallOptions = {}): Promise<Float32Array> {
     const row = input instanceof Int32Array ? { tokens: input, seqStarts: Int32Array.of(0) } : input;
-    return this.#withSignal(options.signal, () => this.#native.logits(row));
+    return this.#withSignal(options.signal, (callId) => this.#native.logits(row, callId));
   }
 
   /** Gradients of the summed loss for every LoRA tensor, without an update. */
   async gradients(rows: EngineRow[], options: CallOptions = {}): Promise<EngineGradients> {
-    return this.#withSignal(options.signal, () => this.#native.gradients(rows));
+    return this.#withSignal(options.signal, (callId) => this.#native.gradients(rows, callId));
   }
 
   /** LoRA tensors `blk.N.<proj>.weight.lora_a` (rank, in) and `.lora_b` (out, rank). */
-  getLora(): NamedTensor[] {
+  async getLora(): Promise<NamedTensor[]> {
     return this.#native.getLora();
   }
 
-  setLora(tensors: NamedTensor[]): void {
-    this.#native.setLora(tensors);
+  async setLora(tensors: NamedTensor[]): Promise<void> {
+    return this.#native.setLora(tensors);
   }
 
   /** AdamW moments `<lora name>.m` / `.v` and the step count. */
-  getOptimizerState(): OptimizerState {
+  async getOptimizerState(): Promise<OptimizerState> {
     return this.#native.getOptimizerState();
   }
 
-  setOptimizerState(state: OptimizerState): void {
-    this.#native.setOptimizerState(state);
+  async setOptimizerState(state: OptimizerState): Promise<void> {
+    return this.#native.setOptimizerState(state);
   }
 
   /** Bytes per lifetime (weights mapped, converted weights, LoRA, activations, scratch, total). */
@@ -156,7 +161,7 @@ export class Engine {
     return this.#native.memoryPlan();
   }
 
-  /** Stops the running call between layers; it rejects with "aborted". */
+  /** Stops every running call between layers; they reject with "aborted". */
   abort(): void {
     this.#native.abort();
   }
@@ -165,11 +170,13 @@ export class Engine {
     this.#native.dispose();
   }
 
-  async #withSignal<T>(signal: AbortSignal | undefined, call: () => Promise<T>): Promise<T> {
-    if (signal?.aborted) throw new EngineError("aborted");
-    const promise = call();
+  // The signal stops this call only (its own call id), never another one running at the time.
+  async #withSignal<T>(signal: AbortSignal | undefined, call: (callId: number) => Promise<T>): Promise<T> {
+    if (signal?.aborted) throw new EngineError("aborted", "aborted");
+    const callId = this.#nextCallId++;
+    const promise = call(callId);
     if (!signal) return promise;
-    const onAbort = () => this.#native.abort();
+    const onAbort = () => this.#native.abort(callId);
     signal.addEventListener("abort", onAbort, { once: true });
     try {
       return await promise;

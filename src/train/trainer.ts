@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile } from "node:fs/promises";
 import path from "node:path";
-import type { NamedTensor } from "../native/addon.js";
+import { nativeErrorCode, type NamedTensor } from "../native/addon.js";
 import { loadTrainingData, packExamples, type DataReport, type PackedRow, type TokenizedExample } from "../data/index.js";
 import { writeFileAtomic } from "../util/atomic-file.js";
 import { writeGgufAdapter } from "../export/gguf-adapter.js";
@@ -281,8 +281,8 @@ export class Trainer {
     const engine = await Engine.load(this.model!, engineOptionsOf(config, this.device!));
     if (checkpoint) {
       try {
-        engine.setLora(checkpoint.lora);
-        engine.setOptimizerState(checkpoint.optimizer);
+        await engine.setLora(checkpoint.lora);
+        await engine.setOptimizerState(checkpoint.optimizer);
       } catch (error) {
         engine.dispose();
         throw new TrainingError(`checkpoint ${checkpoint.dir} does not fit the model: ${(error as Error).message}`);
@@ -490,8 +490,9 @@ export class Trainer {
     try {
       return await this.engine!.step(rows, lr);
     } catch (error) {
-      const message = (error as Error).message;
-      if (run.position.step > 0 && /NaN or infinite/.test(message)) await this.diverged(run, stepNumber, message.split(";")[0], lr);
+      if (run.position.step > 0 && nativeErrorCode(error) === "diverged") {
+        await this.diverged(run, stepNumber, (error as Error).message.split(";")[0], lr);
+      }
       throw error;
     }
   }
@@ -538,7 +539,7 @@ export class Trainer {
       createdAt: new Date().toISOString(),
     };
     const engine = this.engine!;
-    const dir = await saveCheckpoint(this.runDir, { state, lora: engine.getLora(), optimizer: engine.getOptimizerState() });
+    const dir = await saveCheckpoint(this.runDir, { state, lora: await engine.getLora(), optimizer: await engine.getOptimizerState() });
     await pruneCheckpoints(this.runDir, this.config.keepCheckpoints, await this.bestCheckpointStep());
     await this.writeRunReport(run, `checkpoint at step ${position.step} of ${totalSteps}`);
     run.checkpointedAt = position.step;
@@ -566,7 +567,7 @@ export class Trainer {
       if (evalEvent) yield evalEvent;
     }
     if (run.checkpointedAt !== step) yield await this.writeCheckpoint(run);
-    const adapterPath = await this.writeAdapter(this.engine!.getLora(), step);
+    const adapterPath = await this.writeAdapter(await this.engine!.getLora(), step);
     await this.writeRunReport(run, `completed ${step} steps`);
     yield await this.doneEvent("completed", step, totalSteps, run.lastCheckpointDir, run.lastTrainLoss, run.lastValLoss, this.elapsed(run), adapterPath);
   }

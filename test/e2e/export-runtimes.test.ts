@@ -202,7 +202,7 @@ describe.each([
     const engineTargets: LoraTarget[] = ["q", "k", "v", "o", "gate", "up", "down"];
     const engine = await Engine.load(basePath, { lora: { rank, alpha, targets: engineTargets }, maxTokens: 64, threads: 2 });
     try {
-      engine.setLora(lora);
+      await engine.setLora(lora);
       const logits: Float32Array = await engine.logits({ tokens: Int32Array.from(tokens), seqStarts: Int32Array.from([0]) });
       const difference = maxAbsDifference(logits, adapterLogits);
       console.log(`${arch}: engine vs llama.cpp+adapter max |Δlogit| ${difference.toExponential(2)}`);

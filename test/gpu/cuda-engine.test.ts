@@ -29,17 +29,17 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     beforeAll(async () => {
       const file = await synthModel({ ...model, arch, type, ropeFreqs: arch === "llama", seed: 300 + types.indexOf(type) });
       ({ cpu, gpu } = await enginePair(file, { maxTokens: 64, lora: { rank: 8, alpha: 16 } }));
-      const lora = randomizeLora(cpu, 7, 0.05);
-      gpu.setLora(lora);
+      const lora = await randomizeLora(cpu, 7, 0.05);
+      await gpu.setLora(lora);
     });
     afterAll(() => {
       cpu?.dispose();
       gpu?.dispose();
     });
 
-    it("starts from the same LoRA", () => {
-      const a = cpu.getLora();
-      const b = gpu.getLora();
+    it("starts from the same LoRA", async () => {
+      const a = await cpu.getLora();
+      const b = await gpu.getLora();
       expect(b.map((t) => t.name)).toEqual(a.map((t) => t.name));
       for (let i = 0; i < a.length; i++) expect(Array.from(b[i]!.data)).toEqual(Array.from(a[i]!.data));
     });
@@ -72,7 +72,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     const file = await synthModel({ ...model, contextLength: 2048, arch: "llama", type: "Q8_0", seed: 405 });
     const pair = await enginePair(file, { maxTokens: 1536, lora: { rank: 4, alpha: 8 } });
     try {
-      pair.gpu.setLora(randomizeLora(pair.cpu, 17, 0.05));
+      await pair.gpu.setLora(await randomizeLora(pair.cpu, 17, 0.05));
       // the second tile starts inside the second sequence: its keys begin at that sequence's start
       const long = packedRow([randomTokens(700, model.nVocab, 21), randomTokens(500, model.nVocab, 22), randomTokens(300, model.nVocab, 23)], 3);
       const [expected, actual] = await Promise.all([pair.cpu.gradients([long]), pair.gpu.gradients([long])]);
@@ -96,9 +96,9 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
       expect(recomputed.memoryPlan().keptLayers).toBe(0);
       expect(recomputed.memoryPlan().recomputedLayers).toBe(3);
       expect(recomputed.memoryPlan().activations).toBeLessThan(kept.memoryPlan().activations!);
-      const lora = randomizeLora(kept, 9, 0.05);
-      kept.setLora(lora);
-      recomputed.setLora(lora);
+      const lora = await randomizeLora(kept, 9, 0.05);
+      await kept.setLora(lora);
+      await recomputed.setLora(lora);
       const rows = [packedRow([randomTokens(70, model.nVocab, 31), randomTokens(45, model.nVocab, 32)], 6)];
       // training steps (dropout on) then gradients: the kept path must see the same masks and values
       for (let step = 0; step < 3; step++) {
@@ -120,7 +120,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     const file = await synthModel({ ...model, nHead: 8, nHeadKv: 2, arch: "qwen2", type: "Q8_0", seed: 407 });
     const pair = await enginePair(file, { maxTokens: 96, lora: { rank: 4, alpha: 8 } });
     try {
-      pair.gpu.setLora(randomizeLora(pair.cpu, 19, 0.05));
+      await pair.gpu.setLora(await randomizeLora(pair.cpu, 19, 0.05));
       expect(pair.gpu.memoryPlan().keptLayers).toBe(0);
       const [expected, actual] = await Promise.all([pair.cpu.gradients([row]), pair.gpu.gradients([row])]);
       expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
@@ -168,9 +168,9 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         expect(Math.abs(gpuLosses[step]! - cpuLosses[step]!), `loss at step ${step}`).toBeLessThanOrEqual(2e-2 * cpuLosses[step]! + 2e-2);
       }
       expect(gpuLosses[49]!).toBeLessThan(gpuLosses[0]! * 0.5);
-      const state = gpu.getOptimizerState();
+      const state = await gpu.getOptimizerState();
       expect(state.step).toBe(50);
-      expect(relativeError(state.tensors[0]!.data, cpu.getOptimizerState().tensors[0]!.data)).toBeLessThanOrEqual(0.1);
+      expect(relativeError(state.tensors[0]!.data, (await cpu.getOptimizerState()).tensors[0]!.data)).toBeLessThanOrEqual(0.1);
     });
 
     it("resumes from the CPU engine's LoRA and optimizer state", async () => {
@@ -178,13 +178,13 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
       const pair = await enginePair(file, { maxTokens: 64, lora: { rank: 4, alpha: 8, seed: 8 } });
       try {
         for (let step = 0; step < 3; step++) await pair.cpu.step(rows, 1e-3);
-        pair.gpu.setLora(pair.cpu.getLora());
-        pair.gpu.setOptimizerState(pair.cpu.getOptimizerState());
-        expect(pair.gpu.getOptimizerState().step).toBe(3);
+        await pair.gpu.setLora(await pair.cpu.getLora());
+        await pair.gpu.setOptimizerState(await pair.cpu.getOptimizerState());
+        expect((await pair.gpu.getOptimizerState()).step).toBe(3);
         const [a, b] = await Promise.all([pair.cpu.step(rows, 1e-3), pair.gpu.step(rows, 1e-3)]);
         expect(Math.abs(b.loss - a.loss) / a.loss).toBeLessThanOrEqual(lossTolerance);
-        const expected = pair.cpu.getLora();
-        const actual = pair.gpu.getLora();
+        const expected = await pair.cpu.getLora();
+        const actual = await pair.gpu.getLora();
         for (let i = 0; i < expected.length; i++) {
           expect(relativeError(actual[i]!.data, expected[i]!.data), expected[i]!.name).toBeLessThanOrEqual(2e-2);
         }
@@ -203,10 +203,10 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         optimizer: { eps: 1, weightDecay: 0, clipNorm: 0 },
       });
       try {
-        const before = randomizeLora(pair.cpu, 9, 0.2);
-        pair.gpu.setLora(before);
+        const before = await randomizeLora(pair.cpu, 9, 0.2);
+        await pair.gpu.setLora(before);
         await Promise.all([pair.cpu.step([rows[0]!], 1e-2), pair.gpu.step([rows[0]!], 1e-2)]);
-        const after = { cpu: pair.cpu.getLora(), gpu: pair.gpu.getLora() };
+        const after = { cpu: await pair.cpu.getLora(), gpu: await pair.gpu.getLora() };
         for (let i = 0; i < before.length; i++) {
           const start = before[i]!.data;
           const expected = after.cpu[i]!.data.map((x, j) => x - start[j]!);

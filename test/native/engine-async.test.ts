@@ -28,12 +28,12 @@ describe("asynchronous calls", () => {
   });
 
   it("abort rejects the running step with 'aborted' and the engine stays usable", async () => {
-    const before = engine.getLora();
+    const before = await engine.getLora();
     const step = engine.step(rows, 1e-3);
     setTimeout(() => engine.abort(), 5);
     await expect(step).rejects.toThrow("aborted");
     // nothing was applied
-    expect(engine.getLora()).toEqual(before);
+    expect(await engine.getLora()).toEqual(before);
     const result = await engine.step(rows, 1e-3);
     expect(result.tokens).toBe(510);
     // an abort with nothing running does not leak into the next call
@@ -49,10 +49,27 @@ describe("asynchronous calls", () => {
     await expect(engine.step(rows, 1e-3, { signal: controller.signal })).rejects.toThrow("aborted");
   });
 
+  it("a call's AbortSignal stops that call only, not the one it was refused by", async () => {
+    const step = engine.step(rows, 1e-3);
+    await new Promise((resolve) => setTimeout(resolve, 20)); // the step is running
+    const controller = new AbortController();
+    const logits = engine.logits(rows[0]!, { signal: controller.signal });
+    controller.abort();
+    await expect(logits).rejects.toThrow("engine busy: step is still running");
+    await expect(step).resolves.toMatchObject({ tokens: 510 });
+  });
+
+  it("an aborted call rejects with error.code \"aborted\"", async () => {
+    const controller = new AbortController();
+    const step = engine.step(rows, 1e-3, { signal: controller.signal });
+    setTimeout(() => controller.abort(), 5);
+    await expect(step).rejects.toMatchObject({ message: "aborted", code: "aborted" });
+  });
+
   it("refuses a second call while one runs", async () => {
     const first = engine.evaluate(rows);
     await expect(engine.evaluate(rows)).rejects.toThrow("engine busy: evaluate is still running");
-    expect(() => engine.getLora()).toThrow("engine busy");
+    await expect(engine.getLora()).rejects.toThrow("engine busy");
     await expect(first).resolves.toMatchObject({ tokens: 510 });
   });
 
@@ -62,7 +79,7 @@ describe("asynchronous calls", () => {
     other.dispose();
     await expect(running).rejects.toThrow("aborted");
     await expect(other.step(rows, 1e-3)).rejects.toThrow("engine was disposed");
-    expect(() => other.getLora()).toThrow("engine was disposed");
+    await expect(other.getLora()).rejects.toThrow("engine was disposed");
     expect(() => other.memoryPlan()).toThrow("engine was disposed");
     other.dispose();
   });

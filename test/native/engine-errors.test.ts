@@ -63,15 +63,15 @@ describe("bad input", () => {
     await expect(engine.evaluate([{ ...row, tokens: Array.from(row.tokens) as unknown as Int32Array }])).rejects.toThrow("rows[0].tokens must be an Int32Array");
   });
 
-  it("LoRA tensors of the wrong shape or name", () => {
-    const lora = engine.getLora();
-    expect(() => engine.setLora(lora.slice(1))).toThrow(`setLora: tensor "${lora[0]!.name}" is missing`);
-    expect(() => engine.setLora([...lora.slice(1), { ...lora[0]!, shape: [3, smallModel.nEmbd], data: new Float32Array(3 * smallModel.nEmbd) }])).toThrow(
+  it("LoRA tensors of the wrong shape or name", async () => {
+    const lora = await engine.getLora();
+    await expect(engine.setLora(lora.slice(1))).rejects.toThrow(`setLora: tensor "${lora[0]!.name}" is missing`);
+    await expect(engine.setLora([...lora.slice(1), { ...lora[0]!, shape: [3, smallModel.nEmbd], data: new Float32Array(3 * smallModel.nEmbd) }])).rejects.toThrow(
       `setLora: tensor "${lora[0]!.name}" must have shape [2, ${smallModel.nEmbd}]`,
     );
-    expect(() => engine.setLora([...lora, { name: "blk.9.attn_q.weight.lora_a", shape: [2, 2], data: new Float32Array(4) }])).toThrow("is not part of this engine's LoRA");
+    await expect(engine.setLora([...lora, { name: "blk.9.attn_q.weight.lora_a", shape: [2, 2], data: new Float32Array(4) }])).rejects.toThrow("is not part of this engine's LoRA");
     const poisoned = lora.map((tensor, i) => (i === 0 ? { ...tensor, data: Float32Array.from(tensor.data, (x, j) => (j === 3 ? Number.NaN : x)) } : tensor));
-    expect(() => engine.setLora(poisoned)).toThrow("holds a NaN or infinite value at element 3");
+    await expect(engine.setLora(poisoned)).rejects.toThrow("holds a NaN or infinite value at element 3");
   });
 
   it("invalid options", async () => {
@@ -93,6 +93,50 @@ describe("bad input", () => {
     await runaway.step([row], 1e30);
     await expect(runaway.step([row], 1e30)).rejects.toThrow(/loss became NaN or infinite|became NaN or infinite/);
     runaway.dispose();
+  });
+});
+
+describe("divergence", () => {
+  const options = { threads: 1, maxTokens: 32, lora: { rank: 2 }, optimizer: { clipNorm: 0 } };
+  const model = () => synthModel({ ...smallModel, arch: "qwen2", type: "F32", seed: 71 });
+
+  it("a step whose loss overflows is not applied, undoes the update that led there, and the engine stays usable", async () => {
+    const engine = await Engine.load(await model(), options);
+    const row = rowOf(8);
+    const start = { lora: await engine.getLora(), optimizer: await engine.getOptimizerState() };
+    await engine.step([row], 1e30); // finite weights of about 1e30 ...
+    const error = await engine.step([row], 1e30).catch((caught: unknown) => caught); // ... whose loss overflows
+    expect(error).toMatchObject({ code: "diverged", message: expect.stringMatching(/^loss became NaN or infinite; .*the update of step 1, which led here, was undone/) });
+    expect(await engine.getLora()).toEqual(start.lora);
+    expect(await engine.getOptimizerState()).toEqual(start.optimizer);
+    const logits = await engine.logits(row.tokens);
+    expect(logits.every(Number.isFinite)).toBe(true);
+    const next = await engine.step([row], 1e-3);
+    expect(Number.isFinite(next.loss)).toBe(true);
+    expect((await engine.getOptimizerState()).step).toBe(1);
+    engine.dispose();
+  });
+
+  it("an update that overflows is not applied", async () => {
+    const engine = await Engine.load(await model(), options);
+    const row = rowOf(8);
+    const start = { lora: await engine.getLora(), optimizer: await engine.getOptimizerState() };
+    // lr / (1 - beta1) overflows float: the update is infinite
+    const error = await engine.step([row], 3e38).catch((caught: unknown) => caught);
+    expect(error).toMatchObject({ code: "diverged", message: expect.stringContaining("became NaN or infinite and was not applied") });
+    expect(await engine.getLora()).toEqual(start.lora);
+    expect(await engine.getOptimizerState()).toEqual(start.optimizer);
+    expect((await engine.logits(row.tokens)).every(Number.isFinite)).toBe(true);
+    engine.dispose();
+  });
+
+  it("other failures carry their kind as error.code", async () => {
+    const engine = await Engine.load(await model(), options);
+    await expect(engine.step([rowOf(40)], 1e-3)).rejects.toMatchObject({ code: "bad-input" });
+    const controller = new AbortController();
+    controller.abort();
+    await expect(engine.step([rowOf(8)], 1e-3, { signal: controller.signal })).rejects.toMatchObject({ code: "aborted" });
+    engine.dispose();
   });
 });
 

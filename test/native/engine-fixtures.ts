@@ -39,13 +39,13 @@ export function packedRow(sequences: Int32Array[], lossFrom = 0): NativeRow {
 }
 
 /** Gives every LoRA tensor (B included, which starts at zero) deterministic values of the given scale. */
-export function randomizeLora(engine: Engine, seed: number, scale = 0.05): NamedTensor[] {
+export async function randomizeLora(engine: Engine, seed: number, scale = 0.05): Promise<NamedTensor[]> {
   const next = random(seed);
-  const tensors = engine.getLora().map((tensor) => ({
+  const tensors = (await engine.getLora()).map((tensor) => ({
     ...tensor,
     data: Float32Array.from(tensor.data, () => (next() * 2 - 1) * scale),
   }));
-  engine.setLora(tensors);
+  await engine.setLora(tensors);
   return tensors;
 }
 

@@ -20,18 +20,18 @@ describe.each(cases)("LoRA gradients match finite differences: $name", ({ synth 
 
   beforeAll(async () => {
     engine = await Engine.load(await synthModel(synth), { threads: 2, maxTokens: 96, lora: { rank: 4, alpha: 8 } });
-    lora = randomizeLora(engine, 5, 0.2);
+    lora = await randomizeLora(engine, 5, 0.2);
   });
   afterAll(() => engine?.dispose());
 
   async function lossWith(name: string, index: number, value: number): Promise<number> {
-    engine.setLora(lora.map((tensor) => (tensor.name === name ? { ...tensor, data: Float32Array.from(tensor.data, (x, i) => (i === index ? value : x)) } : tensor)));
+    await engine.setLora(lora.map((tensor) => (tensor.name === name ? { ...tensor, data: Float32Array.from(tensor.data, (x, i) => (i === index ? value : x)) } : tensor)));
     const result = await engine.evaluate([row]);
     return result.lossSum;
   }
 
   it("for A and B of q k v o gate up down in the first and last layer", async () => {
-    engine.setLora(lora);
+    await engine.setLora(lora);
     const { tensors, tokens } = await engine.gradients([row]);
     expect(tokens).toBe(row.targets.filter((target) => target >= 0).length);
     const pick = random(9);
@@ -65,7 +65,7 @@ describe.each(cases)("LoRA gradients match finite differences: $name", ({ synth 
         }
       }
     }
-    engine.setLora(lora);
+    await engine.setLora(lora);
     expect(checked.length).toBe(2 * 7 * 2 * 2);
   });
 });

@@ -37,7 +37,7 @@ describe("training", () => {
 
   it("reports the pre-clip norm of the mean gradient", async () => {
     const engine = await Engine.load(await f32Model(), { threads: 2, maxTokens: 32, lora: { rank: 4, alpha: 8 }, optimizer: { clipNorm: 1e-3 } });
-    randomizeLora(engine, 3, 0.1);
+    await randomizeLora(engine, 3, 0.1);
     const rows = [packedRow([randomTokens(12, smallModel.nVocab, 42)]), packedRow([randomTokens(9, smallModel.nVocab, 43)])];
     const { tensors, tokens } = await engine.gradients(rows);
     let sumSquares = 0;
@@ -57,7 +57,7 @@ describe("packing", () => {
   const second = randomTokens(30, smallModel.nVocab, 52);
   beforeAll(async () => {
     engine = await Engine.load(await f32Model(), { threads: 2, maxTokens: 128, lora: { rank: 4, alpha: 8 } });
-    randomizeLora(engine, 4, 0.1);
+    await randomizeLora(engine, 4, 0.1);
   });
   afterAll(() => engine?.dispose());
 
@@ -100,20 +100,20 @@ describe("state exchange", () => {
     const rows = [packedRow([randomTokens(16, smallModel.nVocab, 61)])];
     const original = await Engine.load(file, options);
     for (let step = 0; step < 3; step++) await original.step(rows, 1e-2);
-    const lora = original.getLora();
-    const optimizer = original.getOptimizerState();
+    const lora = await original.getLora();
+    const optimizer = await original.getOptimizerState();
     expect(optimizer.step).toBe(3);
     expect(lora.map((tensor) => tensor.name)).toContain("blk.1.ffn_down.weight.lora_b");
     expect(lora.find((tensor) => tensor.name === "blk.0.attn_q.weight.lora_a")!.shape).toEqual([4, smallModel.nEmbd]);
     expect(optimizer.tensors.map((tensor) => tensor.name)).toContain("blk.0.attn_v.weight.lora_a.m");
 
     const restored = await Engine.load(file, { ...options, lora: { ...options.lora, seed: 99 } });
-    restored.setLora(lora);
-    restored.setOptimizerState(optimizer);
+    await restored.setLora(lora);
+    await restored.setOptimizerState(optimizer);
     const next = await original.step(rows, 1e-2);
     const resumed = await restored.step(rows, 1e-2);
     expect(resumed.lossSum).toBe(next.lossSum);
-    expect(maxAbsDifference(restored.getLora()[0]!.data, original.getLora()[0]!.data)).toBe(0);
+    expect(maxAbsDifference((await restored.getLora())[0]!.data, (await original.getLora())[0]!.data)).toBe(0);
     original.dispose();
     restored.dispose();
   });

@@ -76,8 +76,8 @@ describe.skipIf(unavailable !== undefined).each(cases)("engine vs transformers +
   beforeAll(async () => {
     const gguf = await synthModel(options);
     engine = await Engine.load(gguf, { device: "cpu", maxTokens: 64, lora });
-    loraTensors = nonZeroLora(engine.getLora());
-    engine.setLora(loraTensors);
+    loraTensors = nonZeroLora(await engine.getLora());
+    await engine.setLora(loraTensors);
     reference = await runReference({ gguf, rows, logits: true, lora: { rank: lora.rank, alpha: lora.alpha, targets: lora.targets, tensors: loraTensors } });
   });
   afterAll(() => engine?.dispose());

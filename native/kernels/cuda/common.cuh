@@ -5,15 +5,16 @@
 
 #include <string>
 
-#include "engine/error.h"
+#include "common/error.h"
 
 namespace thinktune::cuda {
 
-// Throws thinktune::Error naming the call and CUDA's description of the failure.
+// Throws a device-failure thinktune::Error naming the call and CUDA's description of the failure.
 inline void check(cudaError_t status, const char* call) {
   if (status != cudaSuccess) {
     throw Error(std::string("CUDA error in ") + call + ": " + cudaGetErrorName(status) + " (" +
-                cudaGetErrorString(status) + ")");
+                    cudaGetErrorString(status) + ")",
+                ErrorKind::DeviceFailure);
   }
 }
 

@@ -74,21 +74,19 @@ set(CMAKE_CUDA_STANDARD 17)
 set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 message(STATUS "CUDA engine: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES}, cuBLAS ${THINKTUNE_CUBLAS_LIBRARY}")
 
+# The CUDA kernels and backend join thinktune_core: the engine's factory (engine.cpp) calls the
+# backend, which uses the core's model, LoRA and plan code, so they are one library, not two.
 file(GLOB THINKTUNE_CUDA_SOURCES CONFIGURE_DEPENDS
   ${CMAKE_SOURCE_DIR}/native/kernels/cuda/*.cu
   ${CMAKE_SOURCE_DIR}/native/engine/cuda_*.cu)
-add_library(thinktune_cuda STATIC ${THINKTUNE_CUDA_SOURCES})
-target_include_directories(thinktune_cuda PUBLIC ${CMAKE_SOURCE_DIR}/native ${THINKTUNE_CUBLAS_INCLUDE})
-target_compile_options(thinktune_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-fPIC>)
+target_sources(thinktune_core PRIVATE ${THINKTUNE_CUDA_SOURCES})
+target_include_directories(thinktune_core PUBLIC ${THINKTUNE_CUBLAS_INCLUDE})
+target_compile_options(thinktune_core PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-fPIC>)
 get_filename_component(THINKTUNE_CUBLAS_LIB_DIR "${THINKTUNE_CUBLAS_LIBRARY}" DIRECTORY)
-target_link_libraries(thinktune_cuda PUBLIC thinktune_core CUDA::cudart_static ${THINKTUNE_CUBLAS_LIBRARY}
-                      ${THINKTUNE_CUBLASLT_LIBRARY})
+target_link_libraries(thinktune_core PUBLIC CUDA::cudart_static ${THINKTUNE_CUBLAS_LIBRARY} ${THINKTUNE_CUBLASLT_LIBRARY})
 # the addon finds libcublas where it was linked from (pip's folder has no system-wide path)
-target_link_options(thinktune_cuda INTERFACE "LINKER:-rpath,${THINKTUNE_CUBLAS_LIB_DIR}")
-# thinktune_core's dispatch (engine/cuda_dispatch.cpp) calls into thinktune_cuda, which calls back
-# into thinktune_core: a cycle of static libraries, which CMake links by repeating the group.
-target_compile_definitions(thinktune_core PUBLIC THINKTUNE_HAVE_CUDA)
-target_link_libraries(thinktune_core INTERFACE thinktune_cuda)
+target_link_options(thinktune_core INTERFACE "LINKER:-rpath,${THINKTUNE_CUBLAS_LIB_DIR}")
+set(THINKTUNE_CUDA_BUILT ON)
 
 # The fused attention's standalone check and timing program (bench/kernels/flash_attention_check.cu),
 # next to the addon: a GPU test runs its checks, and the CUDA bench its attention timings.

@@ -1,4 +1,5 @@
 // Small elementwise and row-copy kernels the engine strings the layers together with.
+#include "common/splitmix.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
 
@@ -8,17 +9,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__device__ inline uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-// Lora::keeps: uniform in [0, 1) from the top 24 bits of the hash
+// Lora::keeps, through the same hash
 __device__ inline bool keeps(const DropoutMask& mask, uint64_t index) {
-  const uint64_t bits = splitmix64(mask.stepKey ^ (mask.site << 40) ^ index);
-  return static_cast<float>(bits >> 40) * (1.0f / 16777216.0f) >= mask.dropout;
+  return dropoutKeeps(mask.stepKey, mask.site, index, mask.dropout);
 }
 
 __global__ void add_inplace_kernel(float* a, const float* b, int64_t n) {

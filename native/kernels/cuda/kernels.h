@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "common/adamw_step.h"
+
 namespace thinktune::cuda {
 
 // ---- dequantize.cu: GGUF block formats → bf16 / f32 (layouts as native/quant/blocks.h) ----
@@ -51,8 +53,8 @@ void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t 
 void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
 // out[rows[i]] (C) = inp (n, C)[i]; other rows of out are left as they are
 void scatter_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
-// LoRA dropout with the CPU engine's counter-based mask (Lora::keeps): element i survives when
-// unit(splitmix64(stepKey ^ (site << 40) ^ i)) >= dropout, stepKey derived from seed and step.
+// LoRA dropout with the CPU engine's counter-based mask (Lora::keeps, common/splitmix.h): element i
+// survives when dropoutKeeps(stepKey, site, i, dropout), stepKey = dropoutStepKey(seed, step).
 struct DropoutMask {
   uint64_t stepKey;
   uint64_t site;  // layer · 7 + projection
@@ -143,12 +145,6 @@ void cross_entropy_backward(__nv_bfloat16* dlogits, const float* logits, const f
 
 // *sumSquares += Σ g² (fp64 accumulation)
 void sum_squares(double* sumSquares, const float* g, int64_t n, cudaStream_t stream);
-struct AdamWStep {
-  float lr, beta1, beta2, eps, weightDecay;
-  float stepSize;         // lr / (1 − beta1^step)
-  float sqrtCorrection2;  // sqrt(1 − beta2^step)
-  float gradScale;        // mean over tokens × clipping factor
-};
 // params, m, v (n) updated from grads (n) exactly as kernels::adamw_update
 void adamw_update(float* params, float* m, float* v, const float* grads, int64_t n, const AdamWStep& hyper,
                   cudaStream_t stream);

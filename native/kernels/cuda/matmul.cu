@@ -34,7 +34,8 @@ void gemm(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N,
       static_cast<int>(lda), &beta, C, CUDA_R_32F, static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw Error(std::string("cuBLAS ") + name + " (" + std::to_string(M) + "×" + std::to_string(N) + "×" +
-                std::to_string(K) + ") failed: " + cublasStatusName(status));
+                std::to_string(K) + ") failed: " + cublasStatusName(status),
+                ErrorKind::DeviceFailure);
   }
 }
 
@@ -58,7 +59,8 @@ void gemm_bf16_batched(cublasHandle_t handle, bool transA, bool transB, int64_t 
       static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw Error(std::string("cuBLAS gemm_bf16_batched (") + std::to_string(batch) + "×" + std::to_string(M) + "×" +
-                std::to_string(N) + "×" + std::to_string(K) + ") failed: " + cublasStatusName(status));
+                std::to_string(N) + "×" + std::to_string(K) + ") failed: " + cublasStatusName(status),
+                ErrorKind::DeviceFailure);
   }
 }
 

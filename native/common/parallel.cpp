@@ -1,4 +1,4 @@
-#include "engine/parallel.h"
+#include "common/parallel.h"
 
 #include <omp.h>
 

@@ -1,0 +1,435 @@
+// The CPU backend (backend.h): fp32 reference passes over host memory, OpenMP kernels. Per layer: RMSNorm → Q/K/V (+bias, +LoRA) → RoPE →
+// causal GQA attention → O (+LoRA) → residual → RMSNorm → SwiGLU FFN (+LoRA) → residual, as llama.cpp
+// builds qwen2 and llama graphs. Backward recomputes each layer from its saved input (activation
+// checkpointing) and produces gradients for the LoRA A and B only.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <new>
+
+#include <memory>
+#include <thread>
+
+#include "common/error.h"
+#include "common/parallel.h"
+#include "engine/backend.h"
+#include "engine/engine.h"
+#include "engine/memory_plan.h"
+#include "kernels/cpu/adamw.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_bf16.h"
+#include "kernels/cpu/rmsnorm.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cpu/swiglu.h"
+#include "quant/quant.h"
+#include "kernels/cpu/threading.h"
+
+namespace thinktune {
+
+using namespace kernels;
+
+namespace {
+constexpr int64_t kWeightChunkFloats = int64_t{4} << 20;  // 16 MiB of dequantized rows
+constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;  // 32 MiB of (tokens, vocab chunk) logits
+
+// a (N) += b (N)
+void addInPlace(float* a, const float* b, int64_t N) {
+#pragma omp parallel for simd schedule(static) if (N >= kParallelMinWork)
+  for (int64_t i = 0; i < N; ++i) a[i] += b[i];
+}
+
+// Rows [row0, row0 + nRows) of a base matrix as f32: the mapped bytes for F32, else dequantized
+// into `chunk`.
+const float* matrixRows(const MappedTensor& weight, int64_t row0, int64_t nRows, float* chunk) {
+  if (weight.type == quant::GgmlType::F32) {
+    return reinterpret_cast<const float*>(weight.data) + row0 * weight.rowLength;
+  }
+  dequantizeMatrixRows(weight, row0, nRows, chunk);
+  return chunk;
+}
+
+class CpuBackend final : public Backend {
+ public:
+  CpuBackend(const EngineOptions& options, const Model& model, const Lora& lora);
+
+  void beginCall() override { setThreadCount(threads_); }
+  void beginRow(const Row& row) override;
+  void layerForward(int64_t layer, int64_t T, const Pass& pass) override;
+  void layerBackward(int64_t layer, int64_t T, const Pass& pass, bool recompute, bool inputGradient) override;
+  int64_t lossHead(const Row& row, bool withGradient) override;
+  void resetLoss() override { lossSum_ = 0.0; }
+  double lossSum() override { return lossSum_; }
+  void logitsHead(int64_t T, float* logits) override;
+  void zeroGradients() override;
+  double sumSquares(LoraBlock block) override;
+  void adamwUpdate(const AdamWStep& hyper) override;
+  void saveState() override;
+  void restoreState() override;
+  void readBlock(LoraBlock block, float* host) override;
+  void writeBlock(LoraBlock block, const float* host) override;
+  std::vector<std::pair<std::string, double>> memoryPlan() const override { return plan_->report(model_); }
+
+ private:
+  float* block(LoraBlock which) const { return loraBlock(plan_->lora(), which); }
+  void embed(const Row& row);
+  // out (T, N) = inp (T, K)·Wᵀ (+ bias) for a base matrix of any type
+  void baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T);
+  // out (T, N) [row stride ldOut] = inp (T, K)·rowsᵀ (+ bias) / dinp (T, K) (+)= dout·rows, in the
+  // engine's precision
+  void weightMatmulForward(float* out, ptrdiff_t ldOut, const float* inp, const float* rows, const float* bias,
+                           int64_t T, int64_t K, int64_t N);
+  void weightMatmulBackwardInput(float* dinp, const float* dout, ptrdiff_t ldDout, const float* rows, int64_t T,
+                                 int64_t K, int64_t N, bool accumulate);
+  // dinp (T, K) (+)= dout (T, N)·W
+  void baseBackwardInput(const MappedTensor& weight, const float* dout, float* dinp, int64_t T, bool accumulate);
+  // out (T, N) += scale·((dropout(inp)·Aᵀ)·Bᵀ), keeping x·Aᵀ in the LoRA hidden buffer
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, const Pass& pass);
+  // parameter grads += ; dinp (T, K) += the LoRA path's input gradient (skipped when dinp is null)
+  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
+                    const Pass& pass);
+  // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
+  const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass);
+
+  Precision precision_;
+  int threads_ = 1;
+  const Model& model_;
+  const Lora& lora_;
+  std::unique_ptr<MemoryPlan> plan_;
+  double lossSum_ = 0.0;
+};
+
+CpuBackend::CpuBackend(const EngineOptions& options, const Model& model, const Lora& lora)
+    : precision_(options.precision), model_(model), lora_(lora) {
+  if (precision_ == Precision::BF16 && !bf16MatmulAvailable()) {
+    throw Error("precision \"bf16\" needs a CPU with AVX512-BF16 (and a build for it); use precision \"fp32\"");
+  }
+  const unsigned cores = std::thread::hardware_concurrency();
+  threads_ = options.threads > 0 ? options.threads : static_cast<int>(cores == 0 ? 1 : cores);
+  setThreadCount(threads_);
+  const ModelConfig& c = model.config();
+  PlanSizes sizes;
+  sizes.maxTokens = options.maxTokens;
+  sizes.threads = threads_;
+  sizes.vocabChunk = std::min<int64_t>(c.nVocab, std::max<int64_t>(256, kLogitsChunkFloats / sizes.maxTokens));
+  const int64_t largestMatrix = model.maxRows() * model.maxRowLength();
+  sizes.weightChunkFloats = std::max(std::min(kWeightChunkFloats, largestMatrix),
+                                     std::max(model.maxRowLength() * 32, sizes.vocabChunk * c.nEmbd));
+  plan_ = std::make_unique<MemoryPlan>(model, lora, sizes);
+}
+
+
+void CpuBackend::zeroGradients() { std::fill(plan_->lora().grads, plan_->lora().grads + lora_.parameterCount(), 0.0f); }
+
+double CpuBackend::sumSquares(LoraBlock which) {
+  const float* x = block(which);
+  const int64_t P = static_cast<int64_t>(lora_.parameterCount());
+  double sum = 0.0;
+#pragma omp parallel for reduction(+ : sum) schedule(static) if (P >= kParallelMinWork)
+  for (int64_t i = 0; i < P; ++i) sum += static_cast<double>(x[i]) * x[i];
+  return sum;
+}
+
+void CpuBackend::adamwUpdate(const AdamWStep& hyper) {
+  const LoraBuffers& l = plan_->lora();
+  adamw_update(l.params, l.m, l.v, l.grads, static_cast<int64_t>(lora_.parameterCount()), hyper);
+}
+
+void CpuBackend::saveState() {
+  const size_t bytes = sizeof(float) * lora_.parameterCount();
+  for (auto [to, from] : stateCopies(plan_->lora(), true)) std::memcpy(to, from, bytes);
+}
+
+void CpuBackend::restoreState() {
+  const size_t bytes = sizeof(float) * lora_.parameterCount();
+  for (auto [to, from] : stateCopies(plan_->lora(), false)) std::memcpy(to, from, bytes);
+}
+
+void CpuBackend::readBlock(LoraBlock which, float* host) {
+  std::memcpy(host, block(which), sizeof(float) * lora_.parameterCount());
+}
+
+void CpuBackend::writeBlock(LoraBlock which, const float* host) {
+  std::memcpy(block(which), host, sizeof(float) * lora_.parameterCount());
+}
+
+void CpuBackend::weightMatmulForward(float* out, ptrdiff_t ldOut, const float* inp, const float* rows, const float* bias,
+                                 int64_t T, int64_t K, int64_t N) {
+  if (precision_ == Precision::BF16) {
+    matmul_forward_bf16(out, ldOut, inp, rows, bias, T, K, N, false, plan_->scratch().gemm);
+  } else {
+    matmul_forward(out, ldOut, inp, rows, bias, T, K, N, false, plan_->scratch().gemm);
+  }
+}
+
+void CpuBackend::weightMatmulBackwardInput(float* dinp, const float* dout, ptrdiff_t ldDout, const float* rows, int64_t T,
+                                       int64_t K, int64_t N, bool accumulate) {
+  if (precision_ == Precision::BF16) {
+    matmul_backward_input_bf16(dinp, dout, ldDout, rows, T, K, N, 1.0f, accumulate, plan_->scratch().gemm);
+  } else {
+    matmul_backward_input(dinp, dout, ldDout, rows, T, K, N, 1.0f, accumulate, plan_->scratch().gemm);
+  }
+}
+
+void CpuBackend::baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T) {
+  const int64_t K = weight.rowLength, N = weight.nRows;
+  const int64_t chunkRows = weight.type == quant::GgmlType::F32
+                                ? N
+                                : std::max<int64_t>(1, plan_->sizes().weightChunkFloats / K);
+  for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
+    const int64_t nRows = std::min(chunkRows, N - r0);
+    const float* rows = matrixRows(weight, r0, nRows, plan_->scratch().weightChunk);  // (nRows, K)
+    weightMatmulForward(out + r0, N, inp, rows, bias ? bias + r0 : nullptr, T, K, nRows);
+  }
+}
+
+void CpuBackend::baseBackwardInput(const MappedTensor& weight, const float* dout, float* dinp, int64_t T,
+                               bool accumulate) {
+  const int64_t K = weight.rowLength, N = weight.nRows;
+  const int64_t chunkRows = weight.type == quant::GgmlType::F32
+                                ? N
+                                : std::max<int64_t>(1, plan_->sizes().weightChunkFloats / K);
+  for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
+    const int64_t nRows = std::min(chunkRows, N - r0);
+    const float* rows = matrixRows(weight, r0, nRows, plan_->scratch().weightChunk);  // (nRows, K)
+    weightMatmulBackwardInput(dinp, dout + r0, N, rows, T, K, nRows, accumulate || r0 > 0);
+  }
+}
+
+const float* CpuBackend::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass) {
+  const float dropout = lora_.options().dropout;
+  if (!pass.training || dropout <= 0.0f) return inp;
+  const int64_t K = adapter.in;
+  float* dropped = plan_->scratch().droppedInput;  // (T, K)
+  const float keepScale = 1.0f / (1.0f - dropout);
+  const uint64_t step = pass.dropoutStep;
+#pragma omp parallel for schedule(static) if (T * K >= kParallelMinWork)
+  for (int64_t i = 0; i < T * K; ++i) {
+    dropped[i] = lora_.keeps(step, adapter.layer, adapter.projection, static_cast<uint64_t>(i)) ? inp[i] * keepScale
+                                                                                                 : 0.0f;
+  }
+  return dropped;
+}
+
+void CpuBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, const Pass& pass) {
+  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
+  const float* params = plan_->lora().params;
+  const float* x = loraInput(adapter, inp, T, pass);                                     // (T, K)
+  float* hidden = plan_->cpuBuffers().loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
+  matmul_forward(hidden, R, x, params + adapter.offsetA, nullptr, T, K, R, false, plan_->scratch().gemm);
+  // out (T, N) += scale · hidden (T, R) · B (N, R)ᵀ
+  gemm(T, N, R, lora_.scale(), hidden, R, 1, params + adapter.offsetB, 1, R, out, N, true, plan_->scratch().gemm);
+}
+
+void CpuBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
+                              const Pass& pass) {
+  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
+  const float scale = lora_.scale();
+  const float* params = plan_->lora().params;
+  float* grads = plan_->lora().grads;
+  float* workspace = plan_->scratch().gemm;
+  const float* hidden = plan_->cpuBuffers().loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
+  float* dHidden = plan_->activations().dLoraHidden;  // (T, R)
+  const float* x = loraInput(adapter, inp, T, pass);  // (T, K)
+  matmul_backward_weight(grads + adapter.offsetB, dout, hidden, T, R, N, scale, workspace);
+  matmul_backward_input(dHidden, dout, N, params + adapter.offsetB, T, R, N, scale, false, workspace);
+  matmul_backward_weight(grads + adapter.offsetA, dHidden, x, T, K, R, 1.0f, workspace);
+  if (!dinp) return;
+  if (x == inp) {
+    matmul_backward_input(dinp, dHidden, R, params + adapter.offsetA, T, K, R, 1.0f, true, workspace);
+    return;
+  }
+  // dropout: the input gradient passes only where the mask kept the element, scaled like the input
+  float* dDropped = plan_->scratch().droppedInput;  // (T, K), x is no longer needed
+  matmul_backward_input(dDropped, dHidden, R, params + adapter.offsetA, T, K, R, 1.0f, false, workspace);
+  const float dropout = lora_.options().dropout;
+  const float keepScale = 1.0f / (1.0f - dropout);
+  const uint64_t step = pass.dropoutStep;
+#pragma omp parallel for schedule(static) if (T * K >= kParallelMinWork)
+  for (int64_t i = 0; i < T * K; ++i) {
+    if (lora_.keeps(step, adapter.layer, adapter.projection, static_cast<uint64_t>(i))) dinp[i] += dDropped[i] * keepScale;
+  }
+}
+
+void CpuBackend::beginRow(const Row& row) {
+  const ActivationBuffers& a = plan_->activations();
+  const CpuBuffers& b = plan_->cpuBuffers();
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  for (size_t s = 0; s < row.seqStarts.size(); ++s) {
+    const int32_t start = row.seqStarts[s];
+    const int32_t end = s + 1 < row.seqStarts.size() ? row.seqStarts[s + 1] : static_cast<int32_t>(T);
+    for (int32_t t = start; t < end; ++t) {
+      b.positions[t] = t - start;
+      a.seqStart[t] = start;
+      b.seqEnd[t] = end;
+    }
+  }
+  const ModelConfig& c = model_.config();
+  rope_cache(a.ropeCache, b.positions, T, c.headDim, c.ropeBase, model_.ropeFreqs());
+  embed(row);
+}
+
+void CpuBackend::embed(const Row& row) {
+  const MappedTensor& table = model_.tokenEmbedding();
+  const int64_t C = model_.config().nEmbd;
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  float* x = plan_->activations().residual;  // (T, C)
+  std::atomic<int64_t> badPosition{-1};
+#pragma omp parallel for schedule(static) if (T * C >= kParallelMinWork)
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t token = row.tokens[static_cast<size_t>(t)];
+    float* dst = x + t * C;
+    quant::dequantizeRow(table.type, table.data + static_cast<size_t>(token) * table.rowBytes, dst, C);
+    for (int64_t c = 0; c < C; ++c)
+      if (!std::isfinite(dst[c])) badPosition.store(t);
+  }
+  if (badPosition.load() >= 0) {
+    throw Error("tensor " + table.name + " holds a NaN or infinite value in the row of token " +
+                std::to_string(row.tokens[static_cast<size_t>(badPosition.load())]) +
+                "; the model file is damaged: re-download or re-convert it");
+  }
+}
+
+void CpuBackend::layerForward(int64_t layer, int64_t T, const Pass& pass) {
+  const ModelConfig& c = model_.config();
+  const LayerWeights& w = model_.layer(layer);
+  const ActivationBuffers& a = plan_->activations();
+  const CpuBuffers& b = plan_->cpuBuffers();
+  const int64_t C = c.nEmbd, F = c.nFf;
+  const float* x = a.residual + layer * T * C;  // (T, C) layer input
+  float* next = a.residual + (layer + 1) * T * C;  // (T, C) layer output
+
+  rmsnorm_forward(a.normed1, a.rstd1, x, w.attnNorm, T, C, c.rmsEps);
+  float* qkv[3] = {a.q, a.k, a.v};
+  for (int p = 0; p < 3; ++p) {
+    baseForward(*w.matrix[p], w.bias[p], a.normed1, qkv[p], T);
+    if (const LoraAdapter* adapter = lora_.find(layer, static_cast<Projection>(p)))
+      loraForward(*adapter, a.normed1, qkv[p], T, pass);
+  }
+  rope_forward(a.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
+  rope_forward(a.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
+  attention_forward(a.attn, b.lse, a.q, a.k, a.v, a.seqStart, T, c.nHead, c.nHeadKv, c.headDim,
+                    1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
+  baseForward(*w.matrix[static_cast<int>(Projection::O)], nullptr, a.attn, b.residual2, T);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::O)) loraForward(*adapter, a.attn, b.residual2, T, pass);
+  addInPlace(b.residual2, x, T * C);
+
+  rmsnorm_forward(a.normed2, a.rstd2, b.residual2, w.ffnNorm, T, C, c.rmsEps);
+  baseForward(*w.matrix[static_cast<int>(Projection::Gate)], nullptr, a.normed2, b.gate, T);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate)) loraForward(*adapter, a.normed2, b.gate, T, pass);
+  baseForward(*w.matrix[static_cast<int>(Projection::Up)], nullptr, a.normed2, b.up, T);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up)) loraForward(*adapter, a.normed2, b.up, T, pass);
+  swiglu_forward(a.hidden, b.gate, b.up, T * F);
+  baseForward(*w.matrix[static_cast<int>(Projection::Down)], nullptr, a.hidden, next, T);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Down)) loraForward(*adapter, a.hidden, next, T, pass);
+  addInPlace(next, b.residual2, T * C);
+}
+
+void CpuBackend::layerBackward(int64_t layer, int64_t T, const Pass& pass, bool recompute, bool inputGradient) {
+  const ModelConfig& c = model_.config();
+  const LayerWeights& w = model_.layer(layer);
+  const ActivationBuffers& a = plan_->activations();
+  const CpuBuffers& b = plan_->cpuBuffers();
+  const int64_t F = c.nFf;
+  if (recompute) layerForward(layer, T, pass);  // this layer's activations from its saved input
+  const float* x = a.residual + layer * T * c.nEmbd;  // (T, C)
+
+  // FFN: a.dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
+  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Down)], a.dResidual, a.dHidden, T, false);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Down))
+    loraBackward(*adapter, a.hidden, a.dResidual, a.dHidden, T, pass);
+  swiglu_backward(b.gate, b.up, a.dHidden, b.gate, b.up, T * F);  // gate, up now hold their gradients
+  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Gate)], b.gate, a.dNormed, T, false);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate))
+    loraBackward(*adapter, a.normed2, b.gate, a.dNormed, T, pass);
+  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Up)], b.up, a.dNormed, T, true);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up))
+    loraBackward(*adapter, a.normed2, b.up, a.dNormed, T, pass);
+  rmsnorm_backward(a.dResidual, a.dNormed, b.residual2, w.ffnNorm, a.rstd2, T, c.nEmbd);
+
+  // attention: a.dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
+  baseBackwardInput(*w.matrix[static_cast<int>(Projection::O)], a.dResidual, a.dAttn, T, false);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::O))
+    loraBackward(*adapter, a.attn, a.dResidual, a.dAttn, T, pass);
+  attention_backward(a.dq, a.dk, a.dv, a.dAttn, a.q, a.k, a.v, a.attn, b.lse, a.seqStart, b.seqEnd, T, c.nHead,
+                     c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
+  rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
+  rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
+  float* dqkv[3] = {a.dq, a.dk, a.dv};
+  for (int p = 0; p < 3; ++p) {
+    if (inputGradient) baseBackwardInput(*w.matrix[p], dqkv[p], a.dNormed, T, p > 0);
+    if (const LoraAdapter* adapter = lora_.find(layer, static_cast<Projection>(p)))
+      loraBackward(*adapter, a.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, T, pass);
+  }
+  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, c.nEmbd);
+}
+
+int64_t CpuBackend::lossHead(const Row& row, bool withGradient) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const ScratchBuffers& s = plan_->scratch();
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  const int64_t C = c.nEmbd, V = c.nVocab, vocabChunk = plan_->sizes().vocabChunk;
+  const float* x = a.residual + c.nLayer * T * C;  // (T, C) final residual
+  rmsnorm_forward(a.normedFinal, a.rstdFinal, x, model_.outputNorm(), T, C, c.rmsEps);
+
+  // only positions with a target reach the lm_head
+  int64_t N = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t target = row.targets[static_cast<size_t>(t)];
+    if (target < 0) continue;
+    a.lossPositions[N] = static_cast<int32_t>(t);
+    a.lossTargets[N] = target;
+    std::memcpy(a.lossInput + N * C, a.normedFinal + t * C, sizeof(float) * C);
+    ++N;
+  }
+  if (withGradient) std::fill(a.dResidual, a.dResidual + T * C, 0.0f);
+  if (N == 0) return 0;
+
+  const MappedTensor& output = model_.output();
+  cross_entropy_begin(a.runMax, a.runSum, a.targetLogit, N);
+  for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+    const int64_t chunk = std::min(vocabChunk, V - v0);
+    const float* rows = matrixRows(output, v0, chunk, s.weightChunk);  // (chunk, C)
+    weightMatmulForward(s.logitsChunk, chunk, a.lossInput, rows, nullptr, N, C, chunk);
+    cross_entropy_accumulate(a.runMax, a.runSum, a.targetLogit, s.logitsChunk, a.lossTargets, N, chunk, v0);
+  }
+  lossSum_ += cross_entropy_finish(a.lossLse, a.runMax, a.runSum, a.targetLogit, N);
+  if (!withGradient) return N;
+
+  // second pass over the vocabulary: logits again, their gradient, and its product with the weights
+  for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+    const int64_t chunk = std::min(vocabChunk, V - v0);
+    const float* rows = matrixRows(output, v0, chunk, s.weightChunk);  // (chunk, C)
+    weightMatmulForward(s.logitsChunk, chunk, a.lossInput, rows, nullptr, N, C, chunk);
+    cross_entropy_backward(s.logitsChunk, a.lossLse, a.lossTargets, N, chunk, v0, 1.0f);
+    weightMatmulBackwardInput(a.dLossInput, s.logitsChunk, chunk, rows, N, C, chunk, v0 > 0);
+  }
+  std::fill(a.dNormed, a.dNormed + T * C, 0.0f);
+  for (int64_t n = 0; n < N; ++n)
+    std::memcpy(a.dNormed + static_cast<int64_t>(a.lossPositions[n]) * C, a.dLossInput + n * C, sizeof(float) * C);
+  rmsnorm_backward(a.dResidual, a.dNormed, x, model_.outputNorm(), a.rstdFinal, T, C);
+  return N;
+}
+
+void CpuBackend::logitsHead(int64_t T, float* logits) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const int64_t C = c.nEmbd, V = c.nVocab, vocabChunk = plan_->sizes().vocabChunk;
+  rmsnorm_forward(a.normedFinal, a.rstdFinal, a.residual + c.nLayer * T * C, model_.outputNorm(), T, C, c.rmsEps);
+  for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+    const int64_t chunk = std::min(vocabChunk, V - v0);
+    const float* rows = matrixRows(model_.output(), v0, chunk, plan_->scratch().weightChunk);
+    weightMatmulForward(logits + v0, V, a.normedFinal, rows, nullptr, T, C, chunk);
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> createCpuBackend(const EngineOptions& options, const Model& model, const Lora& lora) {
+  return std::make_unique<CpuBackend>(options, model, lora);
+}
+
+}  // namespace thinktune

@@ -1,0 +1,532 @@
+// The CUDA backend (backend.h): the CPU backend's passes (cpu_backend.cpp) step for step on one GPU.
+// Per layer: RMSNorm → Q/K/V (+bias, +LoRA) → RoPE → causal GQA attention → O (+LoRA) → residual →
+// RMSNorm → SwiGLU FFN (+LoRA) → residual; backward recomputes each layer from its saved input and
+// produces gradients for LoRA A and B only (or reuses the activations the plan keeps for the last
+// layers). Frozen base weights stay in their GGUF type in GPU memory and each layer's matrices are
+// dequantized to bf16 once a pass (cuBLAS, fp32 accumulation); attention is the fused kernel of
+// flash_attention.cu where it handles the head shape; LoRA A/B and AdamW state are fp32. The memory plan is cuda_plan.cu, the weights
+// cuda_model.cu. Host code here enqueues on one stream and synchronizes where a number or a host
+// copy must come back (the loss, a sum of squares, logits, LoRA blocks).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/splitmix.h"
+#include "engine/backend.h"
+#include "engine/cuda_plan.cuh"
+#include "engine/engine.h"
+#include "kernels/cpu/rope.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/flash_attention.h"
+#include "kernels/cuda/kernels.h"
+
+namespace thinktune {
+
+using namespace cuda;
+
+namespace {
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(const EngineOptions& options, const Model& model, const Lora& lora);
+  ~CudaBackend() override;
+
+  // the device of this backend, selected on the worker thread each call runs on
+  void beginCall() override { check(cudaSetDevice(device_), "cudaSetDevice"); }
+  std::vector<std::pair<std::string, double>> memoryPlan() const override { return plan_->report(); }
+
+  // enqueued on the stream without waiting for the GPU
+  void beginRow(const Row& row) override;
+  void layerForward(int64_t layer, int64_t T, const Pass& pass) override;
+  void layerBackward(int64_t layer, int64_t T, const Pass& pass, bool recompute, bool inputGradient) override;
+  int64_t lossHead(const Row& row, bool withGradient) override;
+  void resetLoss() override { zero(plan_->rowBuffers().lossSum, sizeof(double)); }
+  void zeroGradients() override { zero(plan_->lora().grads, sizeof(float) * lora_.parameterCount()); }
+  void saveState() override;
+
+  // these wait for the GPU: a number or a host copy comes back, or the host data must be consumed
+  double lossSum() override;
+  double sumSquares(LoraBlock block) override;
+  void logitsHead(int64_t T, float* logits) override;
+  void adamwUpdate(const AdamWStep& hyper) override;
+  void restoreState() override;
+  void readBlock(LoraBlock block, float* host) override;
+  void writeBlock(LoraBlock block, const float* host) override;
+
+ private:
+  float* block(LoraBlock which) const { return loraBlock(plan_->lora(), which); }
+  void upload(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream_), "cudaMemcpyAsync (to the GPU)");
+  }
+  void download(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync (from the GPU)");
+    synchronize();
+  }
+  void copyOnDevice(void* dst, const void* src, size_t bytes) {
+    check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_), "cudaMemcpyAsync (on the GPU)");
+  }
+  void synchronize() { check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize"); }
+  void zero(void* dst, size_t bytes) { check(cudaMemsetAsync(dst, 0, bytes, stream_), "cudaMemsetAsync"); }
+  AttentionShape attentionShape(int64_t T) const {
+    const ModelConfig& c = model_.config();
+    return {T, c.nHead, c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->queryTile()};
+  }
+  FlashAttentionArgs flashArgs(const LayerActivations& saved, int64_t T) const {
+    const ModelConfig& c = model_.config();
+    FlashAttentionArgs args;
+    args.out = saved.attn;
+    args.lse = saved.lse;
+    args.q = saved.q;
+    args.k = saved.k;
+    args.v = saved.v;
+    args.seqStart = plan_->activations().seqStart;
+    args.T = static_cast<int>(T);
+    args.nHead = static_cast<int>(c.nHead);
+    args.nHeadKv = static_cast<int>(c.nHeadKv);
+    args.D = static_cast<int>(c.headDim);
+    args.scale = 1.0f / std::sqrt(static_cast<float>(c.headDim));
+    return args;
+  }
+  void embed(const Row& row);
+  void dequantizeLayer(int64_t layer);
+  // out (T, N) = inp (T, K)·Wᵀ (+ bias) with the layer's dequantized matrix of projection p
+  void baseForward(int64_t layer, Projection p, const float* bias, const __nv_bfloat16* inp, float* out, int64_t T);
+  // dinp (T, K) (+)= dout (T, N)·W
+  void baseBackwardInput(int64_t layer, Projection p, const float* dout, float* dinp, int64_t T, bool accumulate);
+  DropoutMask dropoutMask(const LoraAdapter& adapter, const Pass& pass) const;
+  // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
+  const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass);
+  // out (T, N) += scale·((dropout(inp)·Aᵀ)·Bᵀ), keeping x·Aᵀ in loraHidden (7, T, R)
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, int64_t T,
+                   const Pass& pass);
+  // parameter grads += ; dinp (T, K) += the LoRA path's input gradient (skipped when dinp is null)
+  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
+                    const float* loraHidden, int64_t T, const Pass& pass);
+  void rebuildLayerScratch(int64_t layer, int64_t T);
+
+  const Model& model_;
+  const Lora& lora_;
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+  std::unique_ptr<CudaPlan> plan_;
+  std::vector<int32_t> hostSeqStart_;  // (T) the current row's sequence starts, for attention tiles
+  int64_t cachedLayer_ = -1;           // the layer scratch.layerWeights holds
+};
+
+CudaBackend::CudaBackend(const EngineOptions& options, const Model& model, const Lora& lora)
+    : model_(model), lora_(lora) {
+  if (cudaDeviceCount() == 0) {
+    throw Error("options.device \"cuda\" is not available in the CPU engine, and no CUDA device is usable here "
+                "(no GPU or no NVIDIA driver); use device \"cpu\"");
+  }
+  for (const LoraAdapter& adapter : lora.adapters()) {
+    const MappedTensor* matrix = model.layer(adapter.layer).matrix[static_cast<int>(adapter.projection)];
+    if (!dequantize_supports(static_cast<uint32_t>(matrix->type))) {
+      throw Error("tensor " + matrix->name + ": its type is not supported by the CUDA engine");
+    }
+  }
+  check(cudaGetDevice(&device_), "cudaGetDevice");
+  check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+  if (cublasCreate(&cublas_) != CUBLAS_STATUS_SUCCESS) {
+    throw Error("cuBLAS: cublasCreate failed", ErrorKind::DeviceFailure);
+  }
+  if (cublasSetStream(cublas_, stream_) != CUBLAS_STATUS_SUCCESS) {
+    throw Error("cuBLAS: cublasSetStream failed", ErrorKind::DeviceFailure);
+  }
+  plan_ = std::make_unique<CudaPlan>(options, model, lora, device_);
+  plan_->weights().upload(plan_->rowBuffers().badRow, stream_);
+  zero(plan_->lora().params, plan_->loraBytes());
+  synchronize();
+  plan_->recordDeviceUse();
+}
+
+CudaBackend::~CudaBackend() {
+  cudaSetDevice(device_);  // may run on any thread; errors here have nowhere to go
+  plan_.reset();
+  if (cublas_) cublasDestroy(cublas_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+
+// read after the rows: also when the device is at its fullest, so the peak is noted here
+double CudaBackend::lossSum() {
+  double sum = 0.0;
+  download(&sum, plan_->rowBuffers().lossSum, sizeof(double));
+  plan_->recordDeviceUse();
+  return sum;
+}
+
+double CudaBackend::sumSquares(LoraBlock which) {
+  double* sum = plan_->rowBuffers().sumSquares;
+  zero(sum, sizeof(double));
+  sum_squares(sum, block(which), static_cast<int64_t>(lora_.parameterCount()), stream_);
+  double result = 0.0;
+  download(&result, sum, sizeof(double));
+  return result;
+}
+
+void CudaBackend::adamwUpdate(const AdamWStep& hyper) {
+  const LoraBuffers& l = plan_->lora();
+  adamw_update(l.params, l.m, l.v, l.grads, static_cast<int64_t>(lora_.parameterCount()), hyper, stream_);
+  synchronize();
+}
+
+void CudaBackend::saveState() {
+  const size_t bytes = sizeof(float) * lora_.parameterCount();
+  for (auto [to, from] : stateCopies(plan_->lora(), true)) copyOnDevice(to, from, bytes);
+}
+
+void CudaBackend::restoreState() {
+  const size_t bytes = sizeof(float) * lora_.parameterCount();
+  for (auto [to, from] : stateCopies(plan_->lora(), false)) copyOnDevice(to, from, bytes);
+  synchronize();
+}
+
+void CudaBackend::readBlock(LoraBlock which, float* host) {
+  download(host, block(which), sizeof(float) * lora_.parameterCount());
+}
+
+void CudaBackend::writeBlock(LoraBlock which, const float* host) {
+  upload(block(which), host, sizeof(float) * lora_.parameterCount());
+  synchronize();
+}
+
+// ---- the passes ----
+
+void CudaBackend::beginRow(const Row& row) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  std::vector<int32_t> positions(static_cast<size_t>(T)), starts(static_cast<size_t>(T));
+  for (size_t i = 0; i < row.seqStarts.size(); ++i) {
+    const int32_t start = row.seqStarts[i];
+    const int32_t end = i + 1 < row.seqStarts.size() ? row.seqStarts[i + 1] : static_cast<int32_t>(T);
+    for (int32_t t = start; t < end; ++t) {
+      positions[static_cast<size_t>(t)] = t - start;
+      starts[static_cast<size_t>(t)] = start;
+    }
+  }
+  // the CPU's own cache: identical angles, llama3 frequency factors included
+  std::vector<float> cache(static_cast<size_t>(T * c.headDim));
+  kernels::rope_cache(cache.data(), positions.data(), T, c.headDim, c.ropeBase, model_.ropeFreqs());
+  upload(a.ropeCache, cache.data(), sizeof(float) * cache.size());
+  upload(a.seqStart, starts.data(), sizeof(int32_t) * starts.size());
+  hostSeqStart_ = std::move(starts);
+  upload(plan_->rowBuffers().tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
+  embed(row);
+}
+
+void CudaBackend::embed(const Row& row) {
+  const DeviceMatrix& embedding = plan_->weights().tokenEmbedding();
+  const MappedTensor& table = *embedding.host;
+  dequantize_gather_f32(plan_->activations().residual, embedding.data, static_cast<uint32_t>(table.type),
+                        static_cast<int64_t>(table.rowBytes), table.rowLength, plan_->rowBuffers().tokens,
+                        static_cast<int64_t>(row.tokens.size()), stream_);
+}
+
+// The layer's seven matrices in bf16, decoded once for the forward, and once for the recompute and
+// the backward together (the backward of a layer follows its recompute directly).
+void CudaBackend::dequantizeLayer(int64_t l) {
+  if (cachedLayer_ == l) return;
+  const CudaScratch& s = plan_->scratch();
+  const DeviceLayer& layer = plan_->weights().layer(l);
+  for (int p = 0; p < kProjectionCount; ++p) {
+    const MappedTensor& w = *layer.matrix[p].host;
+    dequantize_rows_bf16(s.layerWeights[p], layer.matrix[p].data, static_cast<uint32_t>(w.type),
+                         static_cast<int64_t>(w.rowBytes), w.rowLength, 0, w.nRows, stream_);
+  }
+  cachedLayer_ = l;
+}
+
+// out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
+void CudaBackend::baseForward(int64_t l, Projection p, const float* bias, const __nv_bfloat16* inp, float* out,
+                                    int64_t T) {
+  const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
+  const int64_t K = w.rowLength, N = w.nRows;
+  dequantizeLayer(l);
+  gemm_bf16(cublas_, false, true, T, N, K, 1.0f, inp, K, plan_->scratch().layerWeights[static_cast<int>(p)], K, 0.0f, out, N);
+  if (bias) add_bias(out, bias, T, N, stream_);
+}
+
+void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
+                                          bool accumulate) {
+  const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
+  const CudaScratch& s = plan_->scratch();
+  const int64_t K = w.rowLength, N = w.nRows;
+  to_bf16(s.inputBf16, dout, T * N, stream_);
+  dequantizeLayer(l);
+  // dinp (T, K) (+)= dout (T, N) · W (N, K)
+  gemm_bf16(cublas_, false, false, T, K, N, 1.0f, s.inputBf16, N, s.layerWeights[static_cast<int>(p)], K,
+            accumulate ? 1.0f : 0.0f, dinp, K);
+}
+
+DropoutMask CudaBackend::dropoutMask(const LoraAdapter& adapter, const Pass& pass) const {
+  DropoutMask mask;
+  mask.stepKey = dropoutStepKey(lora_.options().seed, pass.dropoutStep);
+  mask.site = static_cast<uint64_t>(adapter.layer * kProjectionCount + static_cast<int>(adapter.projection));
+  mask.dropout = lora_.options().dropout;
+  return mask;
+}
+
+const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass) {
+  if (!pass.training || lora_.options().dropout <= 0.0f) return inp;
+  float* dropped = plan_->scratch().droppedInput;
+  dropout_forward(dropped, inp, T * adapter.in, dropoutMask(adapter, pass), stream_);
+  return dropped;
+}
+
+void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
+                              int64_t T, const Pass& pass) {
+  const float* params = plan_->lora().params;
+  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
+  const float* x = loraInput(adapter, inp, T, pass);                                   // (T, K)
+  float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
+  gemm_f32(cublas_, false, true, T, R, K, 1.0f, x, K, params + adapter.offsetA, K, 0.0f, h, R);
+  // out (T, N) += scale · h (T, R) · B (N, R)ᵀ
+  gemm_f32(cublas_, false, true, T, N, R, lora_.scale(), h, R, params + adapter.offsetB, R, 1.0f, out, N);
+}
+
+void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
+                               const float* loraHidden, int64_t T, const Pass& pass) {
+  float* dLoraHidden = plan_->activations().dLoraHidden;  // (T, R)
+  const float* params = plan_->lora().params;
+  float* grads = plan_->lora().grads;
+  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
+  const float scale = lora_.scale();
+  const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
+  const float* x = loraInput(adapter, inp, T, pass);                      // (T, K)
+  // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
+  gemm_f32(cublas_, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
+  // dh (T, R) = scale · dout (T, N) · B (N, R)
+  gemm_f32(cublas_, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, dLoraHidden, R);
+  // dA (R, K) += dh (T, R)ᵀ · x (T, K)
+  gemm_f32(cublas_, true, false, R, K, T, 1.0f, dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  if (!dinp) return;  // the layer's input gradient is not wanted
+  if (x == inp) {
+    gemm_f32(cublas_, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 1.0f, dinp, K);
+    return;
+  }
+  // dropout: the input gradient passes only where the mask kept the element, scaled like the input
+  float* dDropped = plan_->scratch().droppedInput;  // (T, K), x is no longer needed
+  gemm_f32(cublas_, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 0.0f, dDropped, K);
+  dropout_backward(dinp, dDropped, T * K, dropoutMask(adapter, pass), stream_);
+}
+
+void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
+  const DeviceLayer& w = plan_->weights().layer(l);
+  const int64_t C = c.nEmbd, F = c.nFf, QD = c.qDim(), KD = c.kvDim();
+  const float* x = a.residual + l * T * C;   // (T, C) layer input
+  float* next = a.residual + (l + 1) * T * C;  // (T, C) layer output
+  const LayerActivations& saved = plan_->layerActivations(l);
+  auto adapterOf = [&](Projection p) { return lora_.find(l, p); };
+
+  rmsnorm_forward(a.normed1, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);
+  to_bf16(s.inputBf16, a.normed1, T * C, stream_);  // shared by the three products
+  float* qkv[3] = {a.q, a.k, a.v};
+  for (int p = 0; p < 3; ++p) {
+    baseForward(l, static_cast<Projection>(p), w.bias[p], s.inputBf16, qkv[p], T);
+    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
+      loraForward(*adapter, a.normed1, qkv[p], saved.loraHidden, T, pass);
+  }
+  rope_forward(a.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
+  rope_forward(a.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
+  to_bf16(saved.q, a.q, T * QD, stream_);
+  to_bf16(saved.k, a.k, T * KD, stream_);
+  to_bf16(saved.v, a.v, T * KD, stream_);
+  if (plan_->flash()) {
+    flash_attention_forward(flashArgs(saved, T), stream_);
+    to_f32(a.attn, saved.attn, T * QD, stream_);
+  } else {
+    attention_forward(a.attn, saved.lse, a.q, a.k, a.v, a.seqStart, hostSeqStart_.data(), attentionShape(T), s.attention,
+                      cublas_, stream_);
+    to_bf16(saved.attn, a.attn, T * QD, stream_);
+  }
+  baseForward(l, Projection::O, nullptr, saved.attn, saved.residual2, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::O))
+    loraForward(*adapter, a.attn, saved.residual2, saved.loraHidden, T, pass);
+  add_inplace(saved.residual2, x, T * C, stream_);
+
+  rmsnorm_forward(a.normed2, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);
+  to_bf16(s.inputBf16, a.normed2, T * C, stream_);  // shared by gate and up
+  baseForward(l, Projection::Gate, nullptr, s.inputBf16, saved.gate, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
+    loraForward(*adapter, a.normed2, saved.gate, saved.loraHidden, T, pass);
+  baseForward(l, Projection::Up, nullptr, s.inputBf16, saved.up, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
+    loraForward(*adapter, a.normed2, saved.up, saved.loraHidden, T, pass);
+  swiglu_forward(a.hidden, saved.gate, saved.up, T * F, stream_);
+  to_bf16(s.inputBf16, a.hidden, T * F, stream_);
+  baseForward(l, Projection::Down, nullptr, s.inputBf16, next, T);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
+    loraForward(*adapter, a.hidden, next, saved.loraHidden, T, pass);
+  add_inplace(next, saved.residual2, T * C, stream_);
+}
+
+// A kept layer's backward needs the values its forward rebuilt per layer: the norms, SwiGLU's
+// product and the fp32 attention output, from its input and its kept activations.
+void CudaBackend::rebuildLayerScratch(int64_t l, int64_t T) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const DeviceLayer& w = plan_->weights().layer(l);
+  const LayerActivations& saved = plan_->layerActivations(l);
+  rmsnorm_forward(a.normed1, a.rstd1, a.residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream_);
+  rmsnorm_forward(a.normed2, a.rstd2, saved.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream_);
+  swiglu_forward(a.hidden, saved.gate, saved.up, T * c.nFf, stream_);
+  to_f32(a.attn, saved.attn, T * c.qDim(), stream_);
+}
+
+void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool recompute, bool inputGradient) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
+  const DeviceLayer& w = plan_->weights().layer(l);
+  const int64_t C = c.nEmbd, F = c.nFf;
+  const LayerActivations& saved = plan_->layerActivations(l);
+  auto adapterOf = [&](Projection p) { return lora_.find(l, p); };
+  if (recompute) {
+    if (plan_->keeps(l)) rebuildLayerScratch(l, T);
+    else layerForward(l, T, pass);  // recompute this layer from its saved input
+  }
+  const float* x = a.residual + l * T * C;  // (T, C)
+
+  // FFN: a.dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
+  baseBackwardInput(l, Projection::Down, a.dResidual, a.dHidden, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
+    loraBackward(*adapter, a.hidden, a.dResidual, a.dHidden, saved.loraHidden, T, pass);
+  swiglu_backward(saved.gate, saved.up, a.dHidden, saved.gate, saved.up, T * F, stream_);  // gate, up now hold their gradients
+  baseBackwardInput(l, Projection::Gate, saved.gate, a.dNormed, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
+    loraBackward(*adapter, a.normed2, saved.gate, a.dNormed, saved.loraHidden, T, pass);
+  baseBackwardInput(l, Projection::Up, saved.up, a.dNormed, T, true);
+  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
+    loraBackward(*adapter, a.normed2, saved.up, a.dNormed, saved.loraHidden, T, pass);
+  rmsnorm_backward(a.dResidual, a.dNormed, saved.residual2, w.ffnNorm, a.rstd2, T, C, stream_);
+
+  // attention: a.dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
+  baseBackwardInput(l, Projection::O, a.dResidual, a.dAttn, T, false);
+  if (const LoraAdapter* adapter = adapterOf(Projection::O))
+    loraBackward(*adapter, a.attn, a.dResidual, a.dAttn, saved.loraHidden, T, pass);
+  if (plan_->flash()) {
+    to_bf16(s.dAttnBf16, a.dAttn, T * c.qDim(), stream_);
+    flash_attention_backward(flashArgs(saved, T), {s.dAttnBf16, a.dq, a.dk, a.dv, plan_->rowBuffers().rowDots}, stream_);
+  } else {
+    attention_backward(a.dq, a.dk, a.dv, plan_->rowBuffers().rowDots, a.dAttn, a.q, a.k, a.v, a.attn, saved.lse, a.seqStart, hostSeqStart_.data(),
+                       attentionShape(T), s.attention, cublas_, stream_);
+  }
+  rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
+  rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
+  float* dqkv[3] = {a.dq, a.dk, a.dv};
+  for (int p = 0; p < 3; ++p) {
+    if (inputGradient) baseBackwardInput(l, static_cast<Projection>(p), dqkv[p], a.dNormed, T, p > 0);
+    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
+      loraBackward(*adapter, a.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, saved.loraHidden, T, pass);
+  }
+  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, C, stream_);
+}
+
+// The loss is added to *lossSum on the device.
+int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
+  const DeviceModel& weights = plan_->weights();
+  const MappedTensor& w = *weights.output().host;
+  const int64_t vocabChunk = plan_->vocabChunk();
+  const int64_t T = static_cast<int64_t>(row.tokens.size());
+  const int64_t C = c.nEmbd, V = c.nVocab;
+  const float* x = a.residual + c.nLayer * T * C;  // (T, C) final residual
+  rmsnorm_forward(a.normedFinal, a.rstdFinal, x, weights.outputNorm(), T, C, c.rmsEps, stream_);
+
+  // only positions with a target reach the lm_head
+  std::vector<int32_t> positions, targets;
+  for (int64_t t = 0; t < T; ++t) {
+    const int32_t target = row.targets[static_cast<size_t>(t)];
+    if (target < 0) continue;
+    positions.push_back(static_cast<int32_t>(t));
+    targets.push_back(target);
+  }
+  const int64_t N = static_cast<int64_t>(positions.size());
+  if (withGradient) zero(a.dResidual, sizeof(float) * T * C);
+  if (N == 0) return 0;
+  upload(a.lossPositions, positions.data(), sizeof(int32_t) * positions.size());
+  upload(a.lossTargets, targets.data(), sizeof(int32_t) * targets.size());
+  gather_rows(a.lossInput, a.normedFinal, a.lossPositions, N, C, stream_);
+  to_bf16(s.inputBf16, a.lossInput, N * C, stream_);  // (N, C), read by every chunk below
+
+  const int passes = withGradient ? 2 : 1;
+  cross_entropy_begin(a.runMax, a.runSum, a.targetLogit, N, stream_);
+  for (int pass = 0; pass < passes; ++pass) {
+    // the second pass recomputes each chunk's logits for their gradient and its product with the weights
+    for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+      const int64_t chunk = std::min(vocabChunk, V - v0);
+      dequantize_rows_bf16(s.weightBf16, weights.output().data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes),
+                           C, v0, chunk, stream_);  // (chunk, C)
+      gemm_bf16(cublas_, false, true, N, chunk, C, 1.0f, s.inputBf16, C, s.weightBf16, C, 0.0f, s.logitsChunk, chunk);
+      if (pass == 0) {
+        cross_entropy_accumulate(a.runMax, a.runSum, a.targetLogit, s.logitsChunk, a.lossTargets, N, chunk, v0, stream_);
+      } else {
+        cross_entropy_backward(s.dlogits, s.logitsChunk, a.lossLse, a.lossTargets, N, chunk, v0, 1.0f, stream_);
+        // dLossInput (N, C) (+)= dlogits (N, chunk) · W (chunk, C)
+        gemm_bf16(cublas_, false, false, N, C, chunk, 1.0f, s.dlogits, chunk, s.weightBf16, C, v0 > 0 ? 1.0f : 0.0f,
+                  a.dLossInput, C);
+      }
+    }
+    if (pass == 0) cross_entropy_finish(a.lossLse, plan_->rowBuffers().lossSum, a.runMax, a.runSum, a.targetLogit, N, stream_);
+  }
+  if (!withGradient) return N;
+  zero(a.dNormed, sizeof(float) * T * C);
+  scatter_rows(a.dNormed, a.dLossInput, a.lossPositions, N, C, stream_);
+  rmsnorm_backward(a.dResidual, a.dNormed, x, weights.outputNorm(), a.rstdFinal, T, C, stream_);
+  return N;
+}
+
+
+void CudaBackend::logitsHead(int64_t T, float* logits) {
+  const ModelConfig& c = model_.config();
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
+  const DeviceMatrix& output = plan_->weights().output();
+  const MappedTensor& w = *output.host;
+  const int64_t C = c.nEmbd, V = c.nVocab, vocabChunk = plan_->vocabChunk();
+  rmsnorm_forward(a.normedFinal, a.rstdFinal, a.residual + c.nLayer * T * C, plan_->weights().outputNorm(), T, C,
+                  c.rmsEps, stream_);
+  to_bf16(s.inputBf16, a.normedFinal, T * C, stream_);
+  for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+    const int64_t chunk = std::min(vocabChunk, V - v0);
+    dequantize_rows_bf16(s.weightBf16, output.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes), C,
+                         v0, chunk, stream_);
+    gemm_bf16(cublas_, false, true, T, chunk, C, 1.0f, s.inputBf16, C, s.weightBf16, C, 0.0f, s.logitsChunk, chunk);
+    check(cudaMemcpy2DAsync(logits + v0, sizeof(float) * V, s.logitsChunk, sizeof(float) * chunk,
+                            sizeof(float) * chunk, static_cast<size_t>(T), cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpy2DAsync (logits)");
+    synchronize();  // the next chunk overwrites logitsChunk
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> createCudaBackend(const EngineOptions& options, const Model& model, const Lora& lora) {
+  return std::make_unique<CudaBackend>(options, model, lora);
+}
+
+bool cudaBackendBuilt() { return true; }
+
+int cudaDeviceCount() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return count;
+}
+
+}  // namespace thinktune
