@@ -317,11 +317,11 @@ void CpuBackend::layerForward(int64_t layer, int64_t T, const Pass& pass) {
   addInPlace(b.residual2, x, T * C);
 
   rmsnorm_forward(a.normed2, a.rstd2, b.residual2, w.ffnNorm, T, C, c.rmsEps);
-  baseForward(*w.matrix[static_cast<int>(Projection::Gate)], nullptr, a.normed2, b.gate, T);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate)) loraForward(*adapter, a.normed2, b.gate, T, pass);
-  baseForward(*w.matrix[static_cast<int>(Projection::Up)], nullptr, a.normed2, b.up, T);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up)) loraForward(*adapter, a.normed2, b.up, T, pass);
-  swiglu_forward(a.hidden, b.gate, b.up, T * F);
+  baseForward(*w.matrix[static_cast<int>(Projection::Gate)], nullptr, a.normed2, a.gate, T);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate)) loraForward(*adapter, a.normed2, a.gate, T, pass);
+  baseForward(*w.matrix[static_cast<int>(Projection::Up)], nullptr, a.normed2, a.up, T);
+  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up)) loraForward(*adapter, a.normed2, a.up, T, pass);
+  swiglu_forward(a.hidden, a.gate, a.up, T * F);
   baseForward(*w.matrix[static_cast<int>(Projection::Down)], nullptr, a.hidden, next, T);
   if (const LoraAdapter* adapter = lora_.find(layer, Projection::Down)) loraForward(*adapter, a.hidden, next, T, pass);
   addInPlace(next, b.residual2, T * C);
@@ -340,13 +340,13 @@ void CpuBackend::layerBackward(int64_t layer, int64_t T, const Pass& pass, bool 
   baseBackwardInput(*w.matrix[static_cast<int>(Projection::Down)], a.dResidual, a.dHidden, T, false);
   if (const LoraAdapter* adapter = lora_.find(layer, Projection::Down))
     loraBackward(*adapter, a.hidden, a.dResidual, a.dHidden, T, pass);
-  swiglu_backward(b.gate, b.up, a.dHidden, b.gate, b.up, T * F);  // gate, up now hold their gradients
-  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Gate)], b.gate, a.dNormed, T, false);
+  swiglu_backward(a.gate, a.up, a.dHidden, a.gate, a.up, T * F);  // gate, up now hold their gradients
+  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Gate)], a.gate, a.dNormed, T, false);
   if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate))
-    loraBackward(*adapter, a.normed2, b.gate, a.dNormed, T, pass);
-  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Up)], b.up, a.dNormed, T, true);
+    loraBackward(*adapter, a.normed2, a.gate, a.dNormed, T, pass);
+  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Up)], a.up, a.dNormed, T, true);
   if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up))
-    loraBackward(*adapter, a.normed2, b.up, a.dNormed, T, pass);
+    loraBackward(*adapter, a.normed2, a.up, a.dNormed, T, pass);
   rmsnorm_backward(a.dResidual, a.dNormed, b.residual2, w.ffnNorm, a.rstd2, T, c.nEmbd);
 
   // attention: a.dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx

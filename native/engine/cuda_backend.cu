@@ -94,19 +94,25 @@ class CudaBackend final : public Backend {
   }
   void embed(const Row& row);
   void dequantizeLayer(int64_t layer);
-  // out (T, N) = inp (T, K)·Wᵀ (+ bias) with the layer's dequantized matrix of projection p
-  void baseForward(int64_t layer, Projection p, const float* bias, const __nv_bfloat16* inp, float* out, int64_t T);
+  // out (T, N) (+)= inp (T, K)·Wᵀ with the layer's dequantized matrix of projection p
+  void baseForward(int64_t layer, Projection p, const __nv_bfloat16* inp, float* out, int64_t T, bool accumulate);
+  // out (T, N) = x·Wᵀ + bias + the adapter's product; x in bf16 (the base product) and fp32 (LoRA)
+  void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
+                      float* loraHidden, int64_t T, const Pass& pass);
+  // the adapter's gradients; dinp (T, K) (+)= the input gradient unless dinp is null
+  void projectBackward(int64_t layer, Projection p, const float* dout, const float* x, float* dinp,
+                       const float* loraHidden, int64_t T, bool accumulate, const Pass& pass);
   // dinp (T, K) (+)= dout (T, N)·W
   void baseBackwardInput(int64_t layer, Projection p, const float* dout, float* dinp, int64_t T, bool accumulate);
   DropoutMask dropoutMask(const LoraAdapter& adapter, const Pass& pass) const;
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
   const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass);
-  // out (T, N) += scale·((dropout(inp)·Aᵀ)·Bᵀ), keeping x·Aᵀ in loraHidden (7, T, R)
+  // out (T, N) = scale·((dropout(inp)·Aᵀ)·Bᵀ) + beta·out, keeping x·Aᵀ in loraHidden (7, T, R)
   void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, int64_t T,
-                   const Pass& pass);
-  // parameter grads += ; dinp (T, K) += the LoRA path's input gradient (skipped when dinp is null)
+                   const Pass& pass, float beta);
+  // parameter grads += ; dinp (T, K) (+)= the LoRA path's input gradient (skipped when dinp is null)
   void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                    const float* loraHidden, int64_t T, const Pass& pass);
+                    const float* loraHidden, int64_t T, const Pass& pass, bool accumulate);
   void rebuildLayerScratch(int64_t layer, int64_t T);
 
   const Model& model_;
@@ -200,8 +206,9 @@ void CudaBackend::writeBlock(LoraBlock which, const float* host) {
 // ---- the passes ----
 
 void CudaBackend::beginRow(const Row& row) {
-  const ModelConfig& c = model_.config();
   const ActivationBuffers& a = plan_->activations();
+  const CudaRowBuffers& b = plan_->rowBuffers();
+  const ModelConfig& c = model_.config();
   const int64_t T = static_cast<int64_t>(row.tokens.size());
   std::vector<int32_t> positions(static_cast<size_t>(T)), starts(static_cast<size_t>(T));
   for (size_t i = 0; i < row.seqStarts.size(); ++i) {
@@ -218,23 +225,25 @@ void CudaBackend::beginRow(const Row& row) {
   upload(a.ropeCache, cache.data(), sizeof(float) * cache.size());
   upload(a.seqStart, starts.data(), sizeof(int32_t) * starts.size());
   hostSeqStart_ = std::move(starts);
-  upload(plan_->rowBuffers().tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
+  upload(b.tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
   embed(row);
 }
 
 void CudaBackend::embed(const Row& row) {
+  const ActivationBuffers& a = plan_->activations();
+  const CudaRowBuffers& b = plan_->rowBuffers();
   const DeviceMatrix& embedding = plan_->weights().tokenEmbedding();
   const MappedTensor& table = *embedding.host;
-  dequantize_gather_f32(plan_->activations().residual, embedding.data, static_cast<uint32_t>(table.type),
-                        static_cast<int64_t>(table.rowBytes), table.rowLength, plan_->rowBuffers().tokens,
+  dequantize_gather_f32(a.residual, embedding.data, static_cast<uint32_t>(table.type),
+                        static_cast<int64_t>(table.rowBytes), table.rowLength, b.tokens,
                         static_cast<int64_t>(row.tokens.size()), stream_);
 }
 
 // The layer's seven matrices in bf16, decoded once for the forward, and once for the recompute and
 // the backward together (the backward of a layer follows its recompute directly).
 void CudaBackend::dequantizeLayer(int64_t l) {
-  if (cachedLayer_ == l) return;
   const CudaScratch& s = plan_->scratch();
+  if (cachedLayer_ == l) return;
   const DeviceLayer& layer = plan_->weights().layer(l);
   for (int p = 0; p < kProjectionCount; ++p) {
     const MappedTensor& w = *layer.matrix[p].host;
@@ -245,19 +254,41 @@ void CudaBackend::dequantizeLayer(int64_t l) {
 }
 
 // out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
-void CudaBackend::baseForward(int64_t l, Projection p, const float* bias, const __nv_bfloat16* inp, float* out,
-                                    int64_t T) {
+void CudaBackend::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp, float* out, int64_t T,
+                                    bool accumulate) {
+  const CudaScratch& s = plan_->scratch();
   const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
   dequantizeLayer(l);
-  gemm_bf16(cublas_, false, true, T, N, K, 1.0f, inp, K, plan_->scratch().layerWeights[static_cast<int>(p)], K, 0.0f, out, N);
-  if (bias) add_bias(out, bias, T, N, stream_);
+  gemm_bf16(cublas_, false, true, T, N, K, 1.0f, inp, K, s.layerWeights[static_cast<int>(p)], K, accumulate ? 1.0f : 0.0f,
+            out, N);
+}
+
+// out (T, N) = x·Wᵀ + bias + the adapter's scale·x·Aᵀ·Bᵀ. The adapter's product goes first and the
+// base product adds to it, so out is written once by each instead of read back by the second.
+void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
+                                       float* loraHidden, int64_t T, const Pass& pass) {
+  const LoraAdapter* adapter = lora_.find(l, p);
+  if (adapter) loraForward(*adapter, x, out, loraHidden, T, pass, 0.0f);
+  baseForward(l, p, xBf16, out, T, adapter != nullptr);
+  if (const float* bias = plan_->weights().layer(l).bias[static_cast<int>(p)]) {
+    add_bias(out, bias, T, plan_->weights().layer(l).matrix[static_cast<int>(p)].host->nRows, stream_);
+  }
+}
+
+// The adapter's gradients from dout; dinp (T, K) (+)= dout·W + the adapter's input gradient, unless
+// dinp is null (no input gradient wanted).
+void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const float* x, float* dinp,
+                                        const float* loraHidden, int64_t T, bool accumulate, const Pass& pass) {
+  const LoraAdapter* adapter = lora_.find(l, p);
+  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, T, pass, accumulate);
+  if (dinp) baseBackwardInput(l, p, dout, dinp, T, accumulate || adapter != nullptr);
 }
 
 void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
                                           bool accumulate) {
-  const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const CudaScratch& s = plan_->scratch();
+  const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
   to_bf16(s.inputBf16, dout, T * N, stream_);
   dequantizeLayer(l);
@@ -275,26 +306,27 @@ DropoutMask CudaBackend::dropoutMask(const LoraAdapter& adapter, const Pass& pas
 }
 
 const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass) {
+  const CudaScratch& s = plan_->scratch();
   if (!pass.training || lora_.options().dropout <= 0.0f) return inp;
-  float* dropped = plan_->scratch().droppedInput;
-  dropout_forward(dropped, inp, T * adapter.in, dropoutMask(adapter, pass), stream_);
-  return dropped;
+  dropout_forward(s.droppedInput, inp, T * adapter.in, dropoutMask(adapter, pass), stream_);
+  return s.droppedInput;
 }
 
 void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
-                              int64_t T, const Pass& pass) {
+                                    int64_t T, const Pass& pass, float beta) {
   const float* params = plan_->lora().params;
   const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
   const float* x = loraInput(adapter, inp, T, pass);                                   // (T, K)
   float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
   gemm_f32(cublas_, false, true, T, R, K, 1.0f, x, K, params + adapter.offsetA, K, 0.0f, h, R);
-  // out (T, N) += scale · h (T, R) · B (N, R)ᵀ
-  gemm_f32(cublas_, false, true, T, N, R, lora_.scale(), h, R, params + adapter.offsetB, R, 1.0f, out, N);
+  // out (T, N) = scale · h (T, R) · B (N, R)ᵀ + beta · out
+  gemm_f32(cublas_, false, true, T, N, R, lora_.scale(), h, R, params + adapter.offsetB, R, beta, out, N);
 }
 
 void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                               const float* loraHidden, int64_t T, const Pass& pass) {
-  float* dLoraHidden = plan_->activations().dLoraHidden;  // (T, R)
+                                     const float* loraHidden, int64_t T, const Pass& pass, bool accumulate) {
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
   const float* params = plan_->lora().params;
   float* grads = plan_->lora().grads;
   const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
@@ -304,39 +336,34 @@ void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, con
   // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
   gemm_f32(cublas_, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
   // dh (T, R) = scale · dout (T, N) · B (N, R)
-  gemm_f32(cublas_, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, dLoraHidden, R);
+  gemm_f32(cublas_, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, a.dLoraHidden, R);
   // dA (R, K) += dh (T, R)ᵀ · x (T, K)
-  gemm_f32(cublas_, true, false, R, K, T, 1.0f, dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  gemm_f32(cublas_, true, false, R, K, T, 1.0f, a.dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
   if (!dinp) return;  // the layer's input gradient is not wanted
   if (x == inp) {
-    gemm_f32(cublas_, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 1.0f, dinp, K);
+    gemm_f32(cublas_, false, false, T, K, R, 1.0f, a.dLoraHidden, R, params + adapter.offsetA, K, accumulate ? 1.0f : 0.0f,
+             dinp, K);
     return;
   }
   // dropout: the input gradient passes only where the mask kept the element, scaled like the input
-  float* dDropped = plan_->scratch().droppedInput;  // (T, K), x is no longer needed
-  gemm_f32(cublas_, false, false, T, K, R, 1.0f, dLoraHidden, R, params + adapter.offsetA, K, 0.0f, dDropped, K);
-  dropout_backward(dinp, dDropped, T * K, dropoutMask(adapter, pass), stream_);
+  gemm_f32(cublas_, false, false, T, K, R, 1.0f, a.dLoraHidden, R, params + adapter.offsetA, K, 0.0f, s.droppedInput, K);
+  if (!accumulate) zero(dinp, sizeof(float) * T * K);
+  dropout_backward(dinp, s.droppedInput, T * K, dropoutMask(adapter, pass), stream_);
 }
 
 void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
-  const ModelConfig& c = model_.config();
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
+  const ModelConfig& c = model_.config();
   const DeviceLayer& w = plan_->weights().layer(l);
   const int64_t C = c.nEmbd, F = c.nFf, QD = c.qDim(), KD = c.kvDim();
   const float* x = a.residual + l * T * C;   // (T, C) layer input
   float* next = a.residual + (l + 1) * T * C;  // (T, C) layer output
   const LayerActivations& saved = plan_->layerActivations(l);
-  auto adapterOf = [&](Projection p) { return lora_.find(l, p); };
 
-  rmsnorm_forward(a.normed1, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);
-  to_bf16(s.inputBf16, a.normed1, T * C, stream_);  // shared by the three products
+  rmsnorm_forward(a.normed1, s.inputBf16, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);  // bf16: the three products' input
   float* qkv[3] = {a.q, a.k, a.v};
-  for (int p = 0; p < 3; ++p) {
-    baseForward(l, static_cast<Projection>(p), w.bias[p], s.inputBf16, qkv[p], T);
-    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
-      loraForward(*adapter, a.normed1, qkv[p], saved.loraHidden, T, pass);
-  }
+  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, a.normed1, qkv[p], saved.loraHidden, T, pass);
   rope_forward(a.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
   rope_forward(a.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   to_bf16(saved.q, a.q, T * QD, stream_);
@@ -350,101 +377,85 @@ void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
                       cublas_, stream_);
     to_bf16(saved.attn, a.attn, T * QD, stream_);
   }
-  baseForward(l, Projection::O, nullptr, saved.attn, saved.residual2, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::O))
-    loraForward(*adapter, a.attn, saved.residual2, saved.loraHidden, T, pass);
+  projectForward(l, Projection::O, saved.attn, a.attn, saved.residual2, saved.loraHidden, T, pass);
   add_inplace(saved.residual2, x, T * C, stream_);
 
-  rmsnorm_forward(a.normed2, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);
-  to_bf16(s.inputBf16, a.normed2, T * C, stream_);  // shared by gate and up
-  baseForward(l, Projection::Gate, nullptr, s.inputBf16, saved.gate, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
-    loraForward(*adapter, a.normed2, saved.gate, saved.loraHidden, T, pass);
-  baseForward(l, Projection::Up, nullptr, s.inputBf16, saved.up, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
-    loraForward(*adapter, a.normed2, saved.up, saved.loraHidden, T, pass);
-  swiglu_forward(a.hidden, saved.gate, saved.up, T * F, stream_);
-  to_bf16(s.inputBf16, a.hidden, T * F, stream_);
-  baseForward(l, Projection::Down, nullptr, s.inputBf16, next, T);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
-    loraForward(*adapter, a.hidden, next, saved.loraHidden, T, pass);
+  rmsnorm_forward(a.normed2, s.inputBf16, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);  // bf16 for gate and up
+  projectForward(l, Projection::Gate, s.inputBf16, a.normed2, a.gate, saved.loraHidden, T, pass);
+  projectForward(l, Projection::Up, s.inputBf16, a.normed2, a.up, saved.loraHidden, T, pass);
+  swiglu_forward(a.hidden, s.inputBf16, saved.gate, saved.up, a.gate, a.up, T * F, stream_);  // bf16 hidden: down's input
+  projectForward(l, Projection::Down, s.inputBf16, a.hidden, next, saved.loraHidden, T, pass);
   add_inplace(next, saved.residual2, T * C, stream_);
 }
 
 // A kept layer's backward needs the values its forward rebuilt per layer: the norms, SwiGLU's
 // product and the fp32 attention output, from its input and its kept activations.
 void CudaBackend::rebuildLayerScratch(int64_t l, int64_t T) {
-  const ModelConfig& c = model_.config();
   const ActivationBuffers& a = plan_->activations();
+  const ModelConfig& c = model_.config();
   const DeviceLayer& w = plan_->weights().layer(l);
   const LayerActivations& saved = plan_->layerActivations(l);
-  rmsnorm_forward(a.normed1, a.rstd1, a.residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream_);
-  rmsnorm_forward(a.normed2, a.rstd2, saved.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream_);
+  rmsnorm_forward(a.normed1, nullptr, a.rstd1, a.residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream_);
+  rmsnorm_forward(a.normed2, nullptr, a.rstd2, saved.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream_);
   swiglu_forward(a.hidden, saved.gate, saved.up, T * c.nFf, stream_);
   to_f32(a.attn, saved.attn, T * c.qDim(), stream_);
 }
 
 void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool recompute, bool inputGradient) {
-  const ModelConfig& c = model_.config();
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
+  const CudaRowBuffers& b = plan_->rowBuffers();
+  const ModelConfig& c = model_.config();
   const DeviceLayer& w = plan_->weights().layer(l);
   const int64_t C = c.nEmbd, F = c.nFf;
   const LayerActivations& saved = plan_->layerActivations(l);
-  auto adapterOf = [&](Projection p) { return lora_.find(l, p); };
   if (recompute) {
     if (plan_->keeps(l)) rebuildLayerScratch(l, T);
     else layerForward(l, T, pass);  // recompute this layer from its saved input
   }
   const float* x = a.residual + l * T * C;  // (T, C)
 
-  // FFN: a.dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
-  baseBackwardInput(l, Projection::Down, a.dResidual, a.dHidden, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Down))
-    loraBackward(*adapter, a.hidden, a.dResidual, a.dHidden, saved.loraHidden, T, pass);
-  swiglu_backward(saved.gate, saved.up, a.dHidden, saved.gate, saved.up, T * F, stream_);  // gate, up now hold their gradients
-  baseBackwardInput(l, Projection::Gate, saved.gate, a.dNormed, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Gate))
-    loraBackward(*adapter, a.normed2, saved.gate, a.dNormed, saved.loraHidden, T, pass);
-  baseBackwardInput(l, Projection::Up, saved.up, a.dNormed, T, true);
-  if (const LoraAdapter* adapter = adapterOf(Projection::Up))
-    loraBackward(*adapter, a.normed2, saved.up, a.dNormed, saved.loraHidden, T, pass);
+  // FFN: dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
+  projectBackward(l, Projection::Down, a.dResidual, a.hidden, a.dHidden, saved.loraHidden, T, false, pass);
+  float* dGate = a.dHidden;  // in place: dHidden is read once per element
+  swiglu_backward(dGate, a.up, a.dHidden, saved.gate, saved.up, T * F, stream_);  // up now holds d(up)
+  projectBackward(l, Projection::Gate, dGate, a.normed2, a.dNormed, saved.loraHidden, T, false, pass);
+  projectBackward(l, Projection::Up, a.up, a.normed2, a.dNormed, saved.loraHidden, T, true, pass);
   rmsnorm_backward(a.dResidual, a.dNormed, saved.residual2, w.ffnNorm, a.rstd2, T, C, stream_);
 
-  // attention: a.dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  baseBackwardInput(l, Projection::O, a.dResidual, a.dAttn, T, false);
-  if (const LoraAdapter* adapter = adapterOf(Projection::O))
-    loraBackward(*adapter, a.attn, a.dResidual, a.dAttn, saved.loraHidden, T, pass);
+  // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
+  projectBackward(l, Projection::O, a.dResidual, a.attn, a.dAttn, saved.loraHidden, T, false, pass);
   if (plan_->flash()) {
     to_bf16(s.dAttnBf16, a.dAttn, T * c.qDim(), stream_);
-    flash_attention_backward(flashArgs(saved, T), {s.dAttnBf16, a.dq, a.dk, a.dv, plan_->rowBuffers().rowDots}, stream_);
+    flash_attention_backward(flashArgs(saved, T), {s.dAttnBf16, a.dq, a.dk, a.dv, b.rowDots}, stream_);
   } else {
-    attention_backward(a.dq, a.dk, a.dv, plan_->rowBuffers().rowDots, a.dAttn, a.q, a.k, a.v, a.attn, saved.lse, a.seqStart, hostSeqStart_.data(),
+    attention_backward(a.dq, a.dk, a.dv, b.rowDots, a.dAttn, a.q, a.k, a.v, a.attn, saved.lse, a.seqStart, hostSeqStart_.data(),
                        attentionShape(T), s.attention, cublas_, stream_);
   }
   rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
   rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   float* dqkv[3] = {a.dq, a.dk, a.dv};
   for (int p = 0; p < 3; ++p) {
-    if (inputGradient) baseBackwardInput(l, static_cast<Projection>(p), dqkv[p], a.dNormed, T, p > 0);
-    if (const LoraAdapter* adapter = adapterOf(static_cast<Projection>(p)))
-      loraBackward(*adapter, a.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, saved.loraHidden, T, pass);
+    projectBackward(l, static_cast<Projection>(p), dqkv[p], a.normed1, inputGradient ? a.dNormed : nullptr, saved.loraHidden, T,
+                    p > 0, pass);
   }
   if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, C, stream_);
 }
 
-// The loss is added to *lossSum on the device.
+// Final norm, lm_head and cross-entropy over the row's target positions, adding the loss to
+// *lossSum on the device; with grad, leaves dL/d(final residual) in dResidual. Returns the count.
 int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
-  const ModelConfig& c = model_.config();
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
+  const CudaRowBuffers& b = plan_->rowBuffers();
+  const ModelConfig& c = model_.config();
   const DeviceModel& weights = plan_->weights();
   const MappedTensor& w = *weights.output().host;
   const int64_t vocabChunk = plan_->vocabChunk();
   const int64_t T = static_cast<int64_t>(row.tokens.size());
   const int64_t C = c.nEmbd, V = c.nVocab;
   const float* x = a.residual + c.nLayer * T * C;  // (T, C) final residual
-  rmsnorm_forward(a.normedFinal, a.rstdFinal, x, weights.outputNorm(), T, C, c.rmsEps, stream_);
+  rmsnorm_forward(a.normedFinal, nullptr, a.rstdFinal, x, weights.outputNorm(), T, C, c.rmsEps, stream_);
 
   // only positions with a target reach the lm_head
   std::vector<int32_t> positions, targets;
@@ -480,7 +491,7 @@ int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
                   a.dLossInput, C);
       }
     }
-    if (pass == 0) cross_entropy_finish(a.lossLse, plan_->rowBuffers().lossSum, a.runMax, a.runSum, a.targetLogit, N, stream_);
+    if (pass == 0) cross_entropy_finish(a.lossLse, b.lossSum, a.runMax, a.runSum, a.targetLogit, N, stream_);
   }
   if (!withGradient) return N;
   zero(a.dNormed, sizeof(float) * T * C);
@@ -497,9 +508,8 @@ void CudaBackend::logitsHead(int64_t T, float* logits) {
   const DeviceMatrix& output = plan_->weights().output();
   const MappedTensor& w = *output.host;
   const int64_t C = c.nEmbd, V = c.nVocab, vocabChunk = plan_->vocabChunk();
-  rmsnorm_forward(a.normedFinal, a.rstdFinal, a.residual + c.nLayer * T * C, plan_->weights().outputNorm(), T, C,
-                  c.rmsEps, stream_);
-  to_bf16(s.inputBf16, a.normedFinal, T * C, stream_);
+  rmsnorm_forward(a.normedFinal, s.inputBf16, a.rstdFinal, a.residual + c.nLayer * T * C,
+                  plan_->weights().outputNorm(), T, C, c.rmsEps, stream_);
   for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
     const int64_t chunk = std::min(vocabChunk, V - v0);
     dequantize_rows_bf16(s.weightBf16, output.data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes), C,

@@ -31,13 +31,13 @@ struct LayerActivations {
   __nv_bfloat16* attn = nullptr;  // (T, QD) attention output, O's input
   float* lse = nullptr;           // (nHead, T)
   float* residual2 = nullptr;     // (T, C) input of the feed-forward block
-  float* gate = nullptr;          // (T, F); d(gate) in backward
-  float* up = nullptr;            // (T, F); d(up) in backward
+  __nv_bfloat16* gate = nullptr;  // (T, F) gate projection, rounded
+  __nv_bfloat16* up = nullptr;    // (T, F) up projection, rounded
   float* loraHidden = nullptr;    // (7, T, R) x·Aᵀ of each adapter
 };
 
-// Activation-lifetime buffers only the CUDA passes use, besides ActivationBuffers (whose q, k, v
-// and attn hold the fp32 products before their bf16 copies in LayerActivations).
+// Activation-lifetime buffers only the CUDA passes use, besides ActivationBuffers (whose q, k, v,
+// attn, gate and up hold the fp32 products before their bf16 copies in LayerActivations).
 struct CudaRowBuffers {
   int32_t* tokens = nullptr;             // (T) the row's token ids
   float* rowDots = nullptr;              // (nHead, T) attention backward workspace

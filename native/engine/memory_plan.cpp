@@ -64,6 +64,8 @@ void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfi
   act.add(a.attn, T * QD);
   act.add(a.normed2, T * C);
   act.add(a.rstd2, T);
+  act.add(a.gate, T * F);
+  act.add(a.up, T * F);
   act.add(a.hidden, T * F);
   act.add(a.normedFinal, T * C);
   act.add(a.rstdFinal, T);
@@ -101,8 +103,6 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   CpuBuffers& b = cpuBuffers_;
   act.add(b.lse, c.nHead * T);
   act.add(b.residual2, T * C);
-  act.add(b.gate, T * F);
-  act.add(b.up, T * F);
   act.add(b.loraHidden, kProjectionCount * T * R);
   act.add(b.positions, T);
   act.add(b.seqEnd, T);

@@ -63,7 +63,7 @@ std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& bu
 // Activation lifetime: the buffers of one row of up to T = maxTokens positions that both backends
 // lay out alike (layoutActivations). C = nEmbd, QD = nHead·headDim, KD = nHeadKv·headDim, F = nFf,
 // R = LoRA rank. What a layer's backward reads of its forward beyond these (attention statistics,
-// the feed-forward input, gate, up, LoRA hidden) each backend keeps its own way (CpuBuffers here,
+// the feed-forward input, the LoRA hidden products) each backend keeps its own way (CpuBuffers here,
 // LayerActivations in cuda_plan.cuh).
 struct ActivationBuffers {
   float* residual = nullptr;   // (L + 1, T, C): each layer's input (checkpoints) and the final output
@@ -75,6 +75,8 @@ struct ActivationBuffers {
   float* attn = nullptr;       // (T, QD) attention output
   float* normed2 = nullptr;    // (T, C) FFN RMSNorm output
   float* rstd2 = nullptr;      // (T)
+  float* gate = nullptr;       // (T, F) gate projection; holds d(gate) in the CPU's backward
+  float* up = nullptr;         // (T, F) up projection; holds d(up) in the backward
   float* hidden = nullptr;     // (T, F) silu(gate)·up
   float* normedFinal = nullptr;  // (T, C)
   float* rstdFinal = nullptr;    // (T)
@@ -106,8 +108,6 @@ void layoutActivations(BufferLayout& layout, ActivationBuffers& buffers, const M
 struct CpuBuffers {
   float* lse = nullptr;          // (nHead, T)
   float* residual2 = nullptr;    // (T, C) after the attention residual
-  float* gate = nullptr;         // (T, F); holds d(gate) in the backward pass
-  float* up = nullptr;           // (T, F); holds d(up) in the backward pass
   float* loraHidden = nullptr;   // (7, T, R) x·Aᵀ of each projection's LoRA
   int32_t* positions = nullptr;  // (T) position inside its sequence
   int32_t* seqEnd = nullptr;     // (T) end of each position's sequence
