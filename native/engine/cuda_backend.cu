@@ -255,7 +255,7 @@ void CudaBackend::dequantizeLayer(int64_t l) {
 
 // out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
 void CudaBackend::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp, float* out, int64_t T,
-                                    bool accumulate) {
+                              bool accumulate) {
   const CudaScratch& s = plan_->scratch();
   const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
@@ -267,7 +267,7 @@ void CudaBackend::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp,
 // out (T, N) = x·Wᵀ + bias + the adapter's scale·x·Aᵀ·Bᵀ. The adapter's product goes first and the
 // base product adds to it, so out is written once by each instead of read back by the second.
 void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
-                                       float* loraHidden, int64_t T, const Pass& pass) {
+                                 float* loraHidden, int64_t T, const Pass& pass) {
   const LoraAdapter* adapter = lora_.find(l, p);
   if (adapter) loraForward(*adapter, x, out, loraHidden, T, pass, 0.0f);
   baseForward(l, p, xBf16, out, T, adapter != nullptr);
@@ -279,14 +279,14 @@ void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* x
 // The adapter's gradients from dout; dinp (T, K) (+)= dout·W + the adapter's input gradient, unless
 // dinp is null (no input gradient wanted).
 void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const float* x, float* dinp,
-                                        const float* loraHidden, int64_t T, bool accumulate, const Pass& pass) {
+                                  const float* loraHidden, int64_t T, bool accumulate, const Pass& pass) {
   const LoraAdapter* adapter = lora_.find(l, p);
   if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, T, pass, accumulate);
   if (dinp) baseBackwardInput(l, p, dout, dinp, T, accumulate || adapter != nullptr);
 }
 
 void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
-                                          bool accumulate) {
+                                    bool accumulate) {
   const CudaScratch& s = plan_->scratch();
   const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
@@ -313,7 +313,7 @@ const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp
 }
 
 void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
-                                    int64_t T, const Pass& pass, float beta) {
+                              int64_t T, const Pass& pass, float beta) {
   const float* params = plan_->lora().params;
   const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
   const float* x = loraInput(adapter, inp, T, pass);                                   // (T, K)
@@ -324,7 +324,7 @@ void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, floa
 }
 
 void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                                     const float* loraHidden, int64_t T, const Pass& pass, bool accumulate) {
+                               const float* loraHidden, int64_t T, const Pass& pass, bool accumulate) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
   const float* params = plan_->lora().params;
