@@ -5,6 +5,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/kernels.h"
@@ -81,20 +82,31 @@ struct Run32<kQ4_0> {
   }
 };
 
-// Q4_K and Q5_K: sub-block j = 2·group + high of a 256-element block, its scale and min unpacked once
+// Q4_K and Q5_K: sub-block j = 2·group + high of a 256-element block, its scale and min unpacked once.
+// The 144- and 176-byte blocks keep their 32-byte quant runs 16-byte aligned when the row is (GGUF
+// aligns tensor data to 32), so those are read as two 16-byte loads where the address allows.
 template <bool kFive>
 struct Run32K {
-  const uint8_t* qs;  // the group's 32 bytes of low nibbles (one group: two sub-blocks)
-  const uint8_t* qh;  // Q5_K's fifth bits
+  uint8_t qs[32];  // the group's bytes of nibbles (one group: two sub-blocks)
+  uint8_t qh[kFive ? 32 : 1];  // Q5_K's fifth bits
   int high, shift;
   float d, m;
+  __device__ static void load32(uint8_t (&to)[32], const uint8_t* from) {
+    if (reinterpret_cast<uintptr_t>(from) % 16 == 0) {
+      reinterpret_cast<uint4*>(to)[0] = reinterpret_cast<const uint4*>(from)[0];
+      reinterpret_cast<uint4*>(to)[1] = reinterpret_cast<const uint4*>(from)[1];
+    } else {
+#pragma unroll
+      for (int i = 0; i < 32; ++i) to[i] = from[i];
+    }
+  }
   __device__ Run32K(const uint8_t* row, int64_t e0) {
     const uint8_t* block = row + (kFive ? 176 : 144) * (e0 / 256);
     const int within = static_cast<int>(e0 % 256);
     const int group = within / 64;
     high = (within % 64) / 32;
-    qs = block + (kFive ? 48 : 16) + 32 * group;
-    qh = block + 16;
+    load32(qs, block + (kFive ? 48 : 16) + 32 * group);
+    if constexpr (kFive) load32(qh, block + 16);
     shift = 2 * group + high;
     int scale, min;
     scaleMin(shift, block + 4, scale, min);
@@ -104,7 +116,7 @@ struct Run32K {
   __device__ float at(int l) const {
     const int packed = qs[l];
     int q = high ? packed >> 4 : packed & 0xF;
-    if (kFive) q |= ((qh[l] >> shift) & 1) << 4;
+    if constexpr (kFive) q |= ((qh[l] >> shift) & 1) << 4;
     return __fsub_rn(__fmul_rn(d, static_cast<float>(q)), m);
   }
 };
@@ -221,7 +233,38 @@ __global__ void find_nonfinite_row_kernel(unsigned long long* firstRow, const ui
   if (!isfinite(decode(type, src + r * rowBytes, e))) atomicMin(firstRow, static_cast<unsigned long long>(r));
 }
 
+// the same a 32-element run per thread (rows of a multiple of 32: every block format)
+template <uint32_t kType>
+__global__ void find_nonfinite_runs_kernel(unsigned long long* firstRow, const uint8_t* src, int64_t rowBytes,
+                                           int64_t runsPerRow, int64_t runs) {
+  const int64_t run = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (run >= runs) return;
+  const int64_t r = run / runsPerRow;
+  const Run32<kType> decoder(src + r * rowBytes, (run % runsPerRow) * 32);
+  bool finite = true;
+#pragma unroll
+  for (int l = 0; l < 32; ++l) finite &= isfinite(decoder.at(l));
+  if (!finite) atomicMin(firstRow, static_cast<unsigned long long>(r));
+}
+
 constexpr int kThreads = 256;
+
+// launch(std::integral_constant<uint32_t, type>) for a type dequantize_supports lists
+template <class Launch>
+void withType(uint32_t type, Launch&& launch) {
+  switch (type) {
+    case kF32: launch(std::integral_constant<uint32_t, kF32>{}); break;
+    case kF16: launch(std::integral_constant<uint32_t, kF16>{}); break;
+    case kBF16: launch(std::integral_constant<uint32_t, kBF16>{}); break;
+    case kQ8_0: launch(std::integral_constant<uint32_t, kQ8_0>{}); break;
+    case kQ4_0: launch(std::integral_constant<uint32_t, kQ4_0>{}); break;
+    case kQ4_K: launch(std::integral_constant<uint32_t, kQ4_K>{}); break;
+    case kQ5_K: launch(std::integral_constant<uint32_t, kQ5_K>{}); break;
+    case kQ6_K: launch(std::integral_constant<uint32_t, kQ6_K>{}); break;
+  }
+}
+
+constexpr bool isFloatType(uint32_t type) { return type == kF32 || type == kF16 || type == kBF16; }
 
 void checkType(uint32_t type) {
   if (!dequantize_supports(type)) {
@@ -252,30 +295,17 @@ void dequantize_rows_bf16(__nv_bfloat16* out, const uint8_t* src, uint32_t type,
     checkLaunch("dequantize_rows_bf16");
     return;
   }
-  const unsigned blocks = blocksFor(total / 8, kThreads);
-  const int64_t runsPerRow = rowLength / 32, runs = nRows * runsPerRow;
-  const unsigned runBlocks = blocksFor(runs, kThreads);
-  switch (type) {
-    case kF32:
-      dequantize_rows_bf16_kernel<kF32><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
-      break;
-    case kF16:
-      dequantize_rows_bf16_kernel<kF16><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
-      break;
-    case kBF16:
-      dequantize_rows_bf16_kernel<kBF16><<<blocks, kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
-      break;
-#define THINKTUNE_DEQUANTIZE_RUNS(kType)                                                                       \
-  case kType:                                                                                                 \
-    dequantize_runs_bf16_kernel<kType><<<runBlocks, kThreads, 0, stream>>>(out, src, rowBytes, runsPerRow, row0, runs); \
-    break;
-    THINKTUNE_DEQUANTIZE_RUNS(kQ8_0)
-    THINKTUNE_DEQUANTIZE_RUNS(kQ4_0)
-    THINKTUNE_DEQUANTIZE_RUNS(kQ4_K)
-    THINKTUNE_DEQUANTIZE_RUNS(kQ5_K)
-    THINKTUNE_DEQUANTIZE_RUNS(kQ6_K)
-#undef THINKTUNE_DEQUANTIZE_RUNS
-  }
+  withType(type, [&](auto kind) {
+    constexpr uint32_t kType = decltype(kind)::value;
+    if constexpr (isFloatType(kType)) {  // rows of any multiple of 8
+      dequantize_rows_bf16_kernel<kType>
+          <<<blocksFor(total / 8, kThreads), kThreads, 0, stream>>>(out, src, rowBytes, rowLength, row0, total);
+    } else {
+      const int64_t runsPerRow = rowLength / 32, runs = nRows * runsPerRow;
+      dequantize_runs_bf16_kernel<kType>
+          <<<blocksFor(runs, kThreads), kThreads, 0, stream>>>(out, src, rowBytes, runsPerRow, row0, runs);
+    }
+  });
   checkLaunch("dequantize_rows_bf16");
 }
 
@@ -294,8 +324,16 @@ void find_nonfinite_row(unsigned long long* firstRow, const uint8_t* src, uint32
   checkType(type);
   const int64_t total = nRows * rowLength;
   if (total == 0) return;
-  find_nonfinite_row_kernel<<<blocksFor(total, kThreads), kThreads, 0, stream>>>(firstRow, src, type, rowBytes,
-                                                                                  rowLength, total);
+  if (rowLength % 32 == 0) {
+    const int64_t runsPerRow = rowLength / 32, runs = nRows * runsPerRow;
+    withType(type, [&](auto kind) {
+      find_nonfinite_runs_kernel<decltype(kind)::value>
+          <<<blocksFor(runs, kThreads), kThreads, 0, stream>>>(firstRow, src, rowBytes, runsPerRow, runs);
+    });
+  } else {
+    find_nonfinite_row_kernel<<<blocksFor(total, kThreads), kThreads, 0, stream>>>(firstRow, src, type, rowBytes,
+                                                                                    rowLength, total);
+  }
   checkLaunch("find_nonfinite_row");
 }
 
