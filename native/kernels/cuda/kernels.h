@@ -70,16 +70,17 @@ void dropout_backward(float* dinp, const float* dout, int64_t n, DropoutMask mas
 // out (T, C) = inp·rstd·weight, and in bf16 as outBf16 unless it is null; rstd (T)
 void rmsnorm_forward(float* out, __nv_bfloat16* outBf16, float* rstd, const float* inp, const float* weight, int64_t T,
                      int64_t C, float eps, cudaStream_t stream);
-// dinp (T, C) += the input gradient
-void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
-                      int64_t T, int64_t C, cudaStream_t stream);
+// dinp (T, C) += the input gradient, the sum also written in bf16 as dinpBf16 unless it is null
+void rmsnorm_backward(float* dinp, __nv_bfloat16* dinpBf16, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t T, int64_t C, cudaStream_t stream);
 
 // ---- rope.cu ----
 
-// x (T, nHeads, D) rotated in place by cache (T, D) = (cos, sin) pairs (kernels::rope_cache);
-// neox: pairs (i, i + D/2) as qwen2, else adjacent pairs as llama
-void rope_forward(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox, cudaStream_t stream);
-void rope_backward(float* dx, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+// x (T, nHeads, D) rotated in place by cache (T, D) = (cos, sin) pairs (kernels::rope_cache), and
+// written in bf16 as xBf16 unless it is null; neox: pairs (i, i + D/2) as qwen2, else adjacent pairs as llama
+void rope_forward(float* x, __nv_bfloat16* xBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+                  cudaStream_t stream);
+void rope_backward(float* dx, __nv_bfloat16* dxBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
                    cudaStream_t stream);
 
 // ---- swiglu.cu ----
@@ -89,9 +90,9 @@ void swiglu_forward(float* h, __nv_bfloat16* hBf16, __nv_bfloat16* gBf16, __nv_b
                     const float* u, int64_t n, cudaStream_t stream);
 // h (n) = silu(g)·u from the bf16 g, u the forward kept
 void swiglu_forward(float* h, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);
-// dg, du (n) from dh and the bf16 g, u; dg may alias dh
-void swiglu_backward(float* dg, float* du, const float* dh, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n,
-                     cudaStream_t stream);
+// dg, du (n) from dh and the bf16 g, u, also in bf16 as dgBf16, duBf16 (the products' inputs); dg may alias dh
+void swiglu_backward(float* dg, float* du, __nv_bfloat16* dgBf16, __nv_bfloat16* duBf16, const float* dh,
+                     const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);
 
 // ---- attention.cu: causal grouped-query attention inside packed sequences, no (T, T) matrix ----
 

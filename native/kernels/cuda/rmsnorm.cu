@@ -26,8 +26,8 @@ __global__ void rmsnorm_forward_kernel(float* out, __nv_bfloat16* outBf16, float
 }
 
 // dx_c += r·w_c·dy_c − x_c·r³/C·Σ_j w_j·dy_j·x_j
-__global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const float* inp, const float* weight,
-                                        const float* rstd, int64_t C) {
+__global__ void rmsnorm_backward_kernel(float* dinp, __nv_bfloat16* dinpBf16, const float* dout, const float* inp,
+                                        const float* weight, const float* rstd, int64_t C) {
   const int64_t t = blockIdx.x;
   const float* x = inp + t * C;    // (C)
   const float* dy = dout + t * C;  // (C)
@@ -37,7 +37,11 @@ __global__ void rmsnorm_backward_kernel(float* dinp, const float* dout, const fl
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dot += weight[c] * dy[c] * x[c];
   dot = blockSum(dot);
   const float coefficient = dot * r * r * r / static_cast<float>(C);
-  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) dx[c] += r * weight[c] * dy[c] - x[c] * coefficient;
+  for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
+    const float value = dx[c] + (r * weight[c] * dy[c] - x[c] * coefficient);
+    dx[c] = value;
+    if (dinpBf16) dinpBf16[t * C + c] = __float2bfloat16(value);
+  }
 }
 
 }  // namespace
@@ -49,10 +53,10 @@ void rmsnorm_forward(float* out, __nv_bfloat16* outBf16, float* rstd, const floa
   checkLaunch("rmsnorm_forward");
 }
 
-void rmsnorm_backward(float* dinp, const float* dout, const float* inp, const float* weight, const float* rstd,
-                      int64_t T, int64_t C, cudaStream_t stream) {
+void rmsnorm_backward(float* dinp, __nv_bfloat16* dinpBf16, const float* dout, const float* inp, const float* weight,
+                      const float* rstd, int64_t T, int64_t C, cudaStream_t stream) {
   if (T == 0) return;
-  rmsnorm_backward_kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(dinp, dout, inp, weight, rstd, C);
+  rmsnorm_backward_kernel<<<static_cast<unsigned>(T), kThreads, 0, stream>>>(dinp, dinpBf16, dout, inp, weight, rstd, C);
   checkLaunch("rmsnorm_backward");
 }
 

@@ -9,9 +9,9 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// one thread per rotated pair: x (T, nHeads, D), cache (T, D)
-__global__ void rope_kernel(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
-                            float sinSign) {
+// one thread per rotated pair: x (T, nHeads, D) in place and, unless null, in bf16 as xBf16; cache (T, D)
+__global__ void rope_kernel(float* x, __nv_bfloat16* xBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D,
+                            bool neox, float sinSign) {
   const int64_t pairs = D / 2;
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= T * nHeads * pairs) return;
@@ -22,27 +22,34 @@ __global__ void rope_kernel(float* x, const float* cache, int64_t T, int64_t nHe
   const float cosTheta = cache[t * D + 2 * pair];
   const float sinTheta = cache[t * D + 2 * pair + 1] * sinSign;
   const float x0 = h[first], x1 = h[second];
-  h[first] = x0 * cosTheta - x1 * sinTheta;
-  h[second] = x0 * sinTheta + x1 * cosTheta;
+  const float y0 = x0 * cosTheta - x1 * sinTheta, y1 = x0 * sinTheta + x1 * cosTheta;
+  h[first] = y0;
+  h[second] = y1;
+  if (xBf16) {
+    __nv_bfloat16* b = xBf16 + (t * nHeads + head) * D;
+    b[first] = __float2bfloat16(y0);
+    b[second] = __float2bfloat16(y1);
+  }
 }
 
-void rotate(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox, float sinSign,
-            cudaStream_t stream, const char* name) {
+void rotate(float* x, __nv_bfloat16* xBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+            float sinSign, cudaStream_t stream, const char* name) {
   const int64_t total = T * nHeads * (D / 2);
   if (total == 0) return;
-  rope_kernel<<<blocksFor(total, kThreads), kThreads, 0, stream>>>(x, cache, T, nHeads, D, neox, sinSign);
+  rope_kernel<<<blocksFor(total, kThreads), kThreads, 0, stream>>>(x, xBf16, cache, T, nHeads, D, neox, sinSign);
   checkLaunch(name);
 }
 
 }  // namespace
 
-void rope_forward(float* x, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox, cudaStream_t stream) {
-  rotate(x, cache, T, nHeads, D, neox, 1.0f, stream, "rope_forward");
+void rope_forward(float* x, __nv_bfloat16* xBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+                  cudaStream_t stream) {
+  rotate(x, xBf16, cache, T, nHeads, D, neox, 1.0f, stream, "rope_forward");
 }
 
-void rope_backward(float* dx, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
+void rope_backward(float* dx, __nv_bfloat16* dxBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
                    cudaStream_t stream) {
-  rotate(dx, cache, T, nHeads, D, neox, -1.0f, stream, "rope_backward");
+  rotate(dx, dxBf16, cache, T, nHeads, D, neox, -1.0f, stream, "rope_backward");
 }
 
 }  // namespace thinktune::cuda
