@@ -100,10 +100,12 @@ class CudaBackend final : public Backend {
   void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
                       float* loraHidden, int64_t T, const Pass& pass);
   // the adapter's gradients; dinp (T, K) (+)= the input gradient unless dinp is null
-  void projectBackward(int64_t layer, Projection p, const float* dout, const float* x, float* dinp,
+  void projectBackward(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, const float* x,
+                       float* dinp,
                        const float* loraHidden, int64_t T, bool accumulate, const Pass& pass);
   // dinp (T, K) (+)= dout (T, N)·W
-  void baseBackwardInput(int64_t layer, Projection p, const float* dout, float* dinp, int64_t T, bool accumulate);
+  void baseBackwardInput(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, float* dinp,
+                         int64_t T, bool accumulate);
   DropoutMask dropoutMask(const LoraAdapter& adapter, const Pass& pass) const;
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
   const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass);
@@ -277,23 +279,27 @@ void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* x
 }
 
 // The adapter's gradients from dout; dinp (T, K) (+)= dout·W + the adapter's input gradient, unless
-// dinp is null (no input gradient wanted).
-void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const float* x, float* dinp,
-                                  const float* loraHidden, int64_t T, bool accumulate, const Pass& pass) {
+// dinp is null (no input gradient wanted). doutBf16 is dout's bf16 copy where its producer wrote one.
+void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
+                                  const float* x, float* dinp, const float* loraHidden, int64_t T, bool accumulate,
+                                  const Pass& pass) {
   const LoraAdapter* adapter = lora_.find(l, p);
   if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, T, pass, accumulate);
-  if (dinp) baseBackwardInput(l, p, dout, dinp, T, accumulate || adapter != nullptr);
+  if (dinp) baseBackwardInput(l, p, dout, doutBf16, dinp, T, accumulate || adapter != nullptr);
 }
 
-void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, float* dinp, int64_t T,
-                                    bool accumulate) {
+void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
+                                    float* dinp, int64_t T, bool accumulate) {
   const CudaScratch& s = plan_->scratch();
   const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
-  to_bf16(s.inputBf16, dout, T * N, stream_);
+  if (!doutBf16) {
+    to_bf16(s.inputBf16, dout, T * N, stream_);
+    doutBf16 = s.inputBf16;
+  }
   dequantizeLayer(l);
   // dinp (T, K) (+)= dout (T, N) · W (N, K)
-  gemm_bf16(cublas_, false, false, T, K, N, 1.0f, s.inputBf16, N, s.layerWeights[static_cast<int>(p)], K,
+  gemm_bf16(cublas_, false, false, T, K, N, 1.0f, doutBf16, N, s.layerWeights[static_cast<int>(p)], K,
             accumulate ? 1.0f : 0.0f, dinp, K);
 }
 
@@ -364,10 +370,8 @@ void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
   rmsnorm_forward(a.normed1, s.inputBf16, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);  // bf16: the three products' input
   float* qkv[3] = {a.q, a.k, a.v};
   for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, a.normed1, qkv[p], saved.loraHidden, T, pass);
-  rope_forward(a.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
-  rope_forward(a.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
-  to_bf16(saved.q, a.q, T * QD, stream_);
-  to_bf16(saved.k, a.k, T * KD, stream_);
+  rope_forward(a.q, saved.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
+  rope_forward(a.k, saved.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   to_bf16(saved.v, a.v, T * KD, stream_);
   if (plan_->flash()) {
     flash_attention_forward(flashArgs(saved, T), stream_);
@@ -416,15 +420,18 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
   const float* x = a.residual + l * T * C;  // (T, C)
 
   // FFN: dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
-  projectBackward(l, Projection::Down, a.dResidual, a.hidden, a.dHidden, saved.loraHidden, T, false, pass);
+  // (dResidualBf16: its bf16 copy, from the RMSNorm backward that produced it)
+  projectBackward(l, Projection::Down, a.dResidual, s.dResidualBf16, a.hidden, a.dHidden, saved.loraHidden, T, false,
+                  pass);
   float* dGate = a.dHidden;  // in place: dHidden is read once per element
-  swiglu_backward(dGate, a.up, a.dHidden, saved.gate, saved.up, T * F, stream_);  // up now holds d(up)
-  projectBackward(l, Projection::Gate, dGate, a.normed2, a.dNormed, saved.loraHidden, T, false, pass);
-  projectBackward(l, Projection::Up, a.up, a.normed2, a.dNormed, saved.loraHidden, T, true, pass);
-  rmsnorm_backward(a.dResidual, a.dNormed, saved.residual2, w.ffnNorm, a.rstd2, T, C, stream_);
+  // up now holds d(up); the bf16 copies of d(gate) and d(up) for the two products
+  swiglu_backward(dGate, a.up, s.inputBf16, s.gradientBf16, a.dHidden, saved.gate, saved.up, T * F, stream_);
+  projectBackward(l, Projection::Gate, dGate, s.inputBf16, a.normed2, a.dNormed, saved.loraHidden, T, false, pass);
+  projectBackward(l, Projection::Up, a.up, s.gradientBf16, a.normed2, a.dNormed, saved.loraHidden, T, true, pass);
+  rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, saved.residual2, w.ffnNorm, a.rstd2, T, C, stream_);
 
   // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  projectBackward(l, Projection::O, a.dResidual, a.attn, a.dAttn, saved.loraHidden, T, false, pass);
+  projectBackward(l, Projection::O, a.dResidual, s.dResidualBf16, a.attn, a.dAttn, saved.loraHidden, T, false, pass);
   if (plan_->flash()) {
     to_bf16(s.dAttnBf16, a.dAttn, T * c.qDim(), stream_);
     flash_attention_backward(flashArgs(saved, T), {s.dAttnBf16, a.dq, a.dk, a.dv, b.rowDots}, stream_);
@@ -432,14 +439,15 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
     attention_backward(a.dq, a.dk, a.dv, b.rowDots, a.dAttn, a.q, a.k, a.v, a.attn, saved.lse, a.seqStart, hostSeqStart_.data(),
                        attentionShape(T), s.attention, cublas_, stream_);
   }
-  rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
-  rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
+  rope_backward(a.dq, s.inputBf16, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
+  rope_backward(a.dk, s.gradientBf16, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   float* dqkv[3] = {a.dq, a.dk, a.dv};
+  const __nv_bfloat16* dqkvBf16[3] = {s.inputBf16, s.gradientBf16, nullptr};  // dv: converted where it is used
   for (int p = 0; p < 3; ++p) {
-    projectBackward(l, static_cast<Projection>(p), dqkv[p], a.normed1, inputGradient ? a.dNormed : nullptr, saved.loraHidden, T,
-                    p > 0, pass);
+    projectBackward(l, static_cast<Projection>(p), dqkv[p], dqkvBf16[p], a.normed1, inputGradient ? a.dNormed : nullptr,
+                    saved.loraHidden, T, p > 0, pass);
   }
-  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, C, stream_);
+  if (inputGradient) rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, x, w.attnNorm, a.rstd1, T, C, stream_);
 }
 
 // Final norm, lm_head and cross-entropy over the row's target positions, adding the loss to
@@ -496,7 +504,7 @@ int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
   if (!withGradient) return N;
   zero(a.dNormed, sizeof(float) * T * C);
   scatter_rows(a.dNormed, a.dLossInput, a.lossPositions, N, C, stream_);
-  rmsnorm_backward(a.dResidual, a.dNormed, x, weights.outputNorm(), a.rstdFinal, T, C, stream_);
+  rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, x, weights.outputNorm(), a.rstdFinal, T, C, stream_);
   return N;
 }
 

@@ -74,6 +74,8 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   scratch.add(s.weightBf16, vocabChunk_ * C);
   scratch.add(s.dAttnBf16, T * QD);
   scratch.add(s.inputBf16, T * widest);
+  scratch.add(s.gradientBf16, T * widest);
+  scratch.add(s.dResidualBf16, T * C);
   scratch.add(s.droppedInput, lora.options().dropout > 0.0f ? T * widest : 1);
   scratch.add(s.logitsChunk, T * vocabChunk_);
   scratch.add(s.dlogits, T * vocabChunk_);

@@ -52,6 +52,8 @@ struct CudaScratch {
   __nv_bfloat16* weightBf16 = nullptr;  // (vocabChunk, C) the output matrix a chunk at a time
   __nv_bfloat16* dAttnBf16 = nullptr;   // (T, QD) the attention output's gradient
   __nv_bfloat16* inputBf16 = nullptr;   // (T, widest) a product's activation operand
+  __nv_bfloat16* gradientBf16 = nullptr;  // (T, widest) a second one: d(up), dK in the backward
+  __nv_bfloat16* dResidualBf16 = nullptr;  // (T, C) the residual gradient, as the RMSNorm backward leaves it
   float* droppedInput = nullptr;        // (T, widest) LoRA input after dropout (only with dropout)
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
