@@ -20,9 +20,10 @@ for stage in "$@"; do
       npx vitest run test/gpu 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "✓|✗|×|FAIL|Tests|passed|failed" | tail -60 ;;
     profile)
       node dist/cli/main.js synth --preset r1-distill-qwen-7b --layers 4 --type Q4_K --seed 0 --out /tmp/cut.gguf > "$OUT/profile.log" 2>&1
+      # the raw CSV stays on the machine: at most 8 files come back from $OUT
       ncu --clock-control none --metrics gpu__time_duration.sum --csv node bench/kernels/profile_step.mjs /tmp/cut.gguf 4096 \
-        > "$OUT/ncu.csv" 2>> "$OUT/profile.log"
-      node bench/kernels/ncu_summary.mjs "$OUT/ncu.csv" | tee "$OUT/profile.md" ;;
+        > /tmp/ncu.csv 2>> "$OUT/profile.log"
+      node bench/kernels/ncu_summary.mjs /tmp/ncu.csv | tee "$OUT/profile.md" ;;
     bench)
       node dist/cli/main.js bench --device cuda --type Q4_K --seq 1024,4096,16384 --gpu-memory 24GiB --commit "$COMMIT" \
         --results "$OUT/bench" 2>&1 | tee "$OUT/bench.log" | grep -vE "^\|" | tail -30
