@@ -387,7 +387,8 @@ void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
   rmsnorm_forward(a.normed2, s.inputBf16, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);  // bf16 for gate and up
   projectForward(l, Projection::Gate, s.inputBf16, a.normed2, a.gate, saved.loraHidden, T, pass);
   projectForward(l, Projection::Up, s.inputBf16, a.normed2, a.up, saved.loraHidden, T, pass);
-  swiglu_forward(a.hidden, s.inputBf16, saved.gate, saved.up, a.gate, a.up, T * F, stream_);  // bf16 hidden: down's input
+  // hidden over up in place (the plan shares their buffer); bf16 hidden: down's input
+  swiglu_forward(a.hidden, s.inputBf16, saved.gate, saved.up, a.gate, a.up, T * F, stream_);
   projectForward(l, Projection::Down, s.inputBf16, a.hidden, next, saved.loraHidden, T, pass);
   add_inplace(next, saved.residual2, T * C, stream_);
 }

@@ -15,7 +15,7 @@ using namespace cuda;
 namespace {
 
 constexpr size_t kAlignment = 256;
-constexpr int64_t kLogitsChunkFloats = int64_t{32} << 20;  // 128 MiB of (tokens, vocab chunk) logits
+constexpr int64_t kLogitsChunkFloats = int64_t{16} << 20;  // 64 MiB of (tokens, vocab chunk) logits
 // Kept free for the CUDA context, cuBLAS workspaces and the allocator when planning against a card
 // size (--gpu-memory), where none of that is already subtracted from the free memory.
 constexpr size_t kContextReserveBytes = size_t{768} << 20;
@@ -59,7 +59,7 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
 
   flash_ = flashAttentionSupports(c.headDim, c.nHead, c.nHeadKv);
   BufferLayout act(kAlignment);
-  layoutActivations(act, activations_, c, T, R);
+  layoutActivations(act, activations_, c, T, R, /*sharedFeedForward=*/true);
   addLayerActivations(act, shared_, c, T, R);
   CudaRowBuffers& b = rowBuffers_;
   act.add(b.tokens, T);
@@ -153,6 +153,8 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   weights.assign(base);
   loraLayout.assign(base += weightBytes_);
   act.assign(base += loraBytes_);
+  activations_.gate = activations_.dHidden;
+  activations_.hidden = activations_.up;
   scratch.assign(base += activationBytes_);
   weights_->assigned();
 }

@@ -53,7 +53,8 @@ std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& l,
   return {{{l.params, l.savedParams}, {l.m, l.savedM}, {l.v, l.savedV}}};
 }
 
-void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfig& c, int64_t T, int64_t R) {
+void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfig& c, int64_t T, int64_t R,
+                       bool sharedFeedForward) {
   const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf;
   act.add(a.residual, (c.nLayer + 1) * T * C);
   act.add(a.normed1, T * C);
@@ -64,9 +65,9 @@ void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfi
   act.add(a.attn, T * QD);
   act.add(a.normed2, T * C);
   act.add(a.rstd2, T);
-  act.add(a.gate, T * F);
+  if (!sharedFeedForward) act.add(a.gate, T * F);
   act.add(a.up, T * F);
-  act.add(a.hidden, T * F);
+  if (!sharedFeedForward) act.add(a.hidden, T * F);
   act.add(a.normedFinal, T * C);
   act.add(a.rstdFinal, T);
   act.add(a.ropeCache, T * c.headDim);

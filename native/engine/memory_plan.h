@@ -101,8 +101,11 @@ struct ActivationBuffers {
   float* targetLogit = nullptr;  // (T)
   float* lossLse = nullptr;      // (T)
 };
+// sharedFeedForward: gate and hidden get no buffers of their own; the caller points them at dHidden
+// and up once the layout is assigned (the CUDA backend: gate's product is consumed before dHidden is
+// written, and SwiGLU writes hidden over up in place)
 void layoutActivations(BufferLayout& layout, ActivationBuffers& buffers, const ModelConfig& config, int64_t T,
-                       int64_t rank);
+                       int64_t rank, bool sharedFeedForward = false);
 
 // The CPU backend's own activation buffers.
 struct CpuBuffers {
