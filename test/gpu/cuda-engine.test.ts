@@ -21,6 +21,15 @@ const logitTolerance = 2e-2;     // largest difference relative to the largest l
 // two packed sequences with a prompt part without loss: masking, boundaries and position restarts
 const row = packedRow([randomTokens(40, model.nVocab, 1), randomTokens(23, model.nVocab, 2)], 5);
 
+/** The loss and every LoRA gradient of the rows, CPU against GPU, within the tolerances above. */
+async function expectSameGradients(pair: { cpu: Engine; gpu: Engine }, rows: Parameters<Engine["gradients"]>[0]): Promise<void> {
+  const [expected, actual] = await Promise.all([pair.cpu.gradients(rows), pair.gpu.gradients(rows)]);
+  expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
+  for (let i = 0; i < expected.tensors.length; i++) {
+    expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), expected.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
+  }
+}
+
 describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaSkipReason ?? ""}`, () => {
   describe.each(types.map((type, i) => ({ type, arch: (i % 3 === 2 ? "llama" : "qwen2") as "llama" | "qwen2" })))("$type $arch", ({ type, arch }) => {
     let cpu: Engine;
@@ -75,11 +84,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
       await pair.gpu.setLora(await randomizeLora(pair.cpu, 17, 0.05));
       // the second tile starts inside the second sequence: its keys begin at that sequence's start
       const long = packedRow([randomTokens(700, model.nVocab, 21), randomTokens(500, model.nVocab, 22), randomTokens(300, model.nVocab, 23)], 3);
-      const [expected, actual] = await Promise.all([pair.cpu.gradients([long]), pair.gpu.gradients([long])]);
-      expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
-      for (let i = 0; i < expected.tensors.length; i++) {
-        expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), expected.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
-      }
+      await expectSameGradients(pair, [long]);
     } finally {
       pair.cpu.dispose();
       pair.gpu.dispose();
@@ -122,11 +127,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     try {
       await pair.gpu.setLora(await randomizeLora(pair.cpu, 19, 0.05));
       expect(pair.gpu.memoryPlan().keptLayers).toBe(0);
-      const [expected, actual] = await Promise.all([pair.cpu.gradients([row]), pair.gpu.gradients([row])]);
-      expect(Math.abs(actual.lossSum - expected.lossSum) / expected.lossSum).toBeLessThanOrEqual(lossTolerance);
-      for (let i = 0; i < expected.tensors.length; i++) {
-        expect(relativeError(actual.tensors[i]!.data, expected.tensors[i]!.data), expected.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
-      }
+      await expectSameGradients(pair, [row]);
     } finally {
       pair.cpu.dispose();
       pair.gpu.dispose();
