@@ -2,6 +2,7 @@
 // model is the embedded tiny one). In a pipe it answers line by line for scripts.
 import { Command, InvalidArgumentError } from "commander";
 import { ChatSession } from "../infer/chat-session.js";
+import { defaultReplyTokens, defaultThoughtBudget } from "../infer/generate.js";
 import { ModelHost } from "../infer/models.js";
 import { runRepl } from "../infer/repl.js";
 import { embeddedModelPath } from "../train/config.js";
@@ -24,7 +25,7 @@ export interface InferenceFlags {
   threads?: number;
   cpu?: boolean;
   temperature: number;
-  maxTokens?: number;
+  maxTokens: number;
   thoughtBudget?: number;
 }
 
@@ -32,11 +33,15 @@ export function addInferenceFlags(command: Command): Command {
   return command
     .option("-m, --model <gguf>", "base model GGUF", embeddedModelPath)
     .option("--ctx-size <tokens>", "context size per conversation (default: up to 8192, within the model's)", wholeNumber("--ctx-size", 16))
-    .option("--threads <n>", "CPU threads (default: llama.cpp's choice)", wholeNumber("--threads", 1))
+    .option("--threads <n>", "CPU threads (default: the cores not busy with other processes, measured before each reply)", wholeNumber("--threads", 1))
     .option("--cpu", "do not use a GPU even when one is found")
     .option("-t, --temperature <t>", "sampling temperature, 0 = greedy", temperatureValue, 0.6)
-    .option("--max-tokens <n>", "tokens per reply at most, thought and answer together (default: the rest of the context)", wholeNumber("--max-tokens", 1))
-    .option("--thought-budget <n>", "thought tokens at most; then the thought is closed and the model answers", wholeNumber("--thought-budget", 0));
+    .option("--max-tokens <n>", "tokens per reply at most, thought and answer together", wholeNumber("--max-tokens", 1), defaultReplyTokens)
+    .option(
+      "--thought-budget <n>",
+      `thought tokens at most; then the thought is closed and the model answers (default: 3/4 of --max-tokens, ${defaultThoughtBudget(defaultReplyTokens)})`,
+      wholeNumber("--thought-budget", 0),
+    );
 }
 
 interface ChatFlags extends InferenceFlags {
@@ -77,7 +82,12 @@ export function registerChatCommand(program: Command): void {
           interactive: Boolean(process.stdin.isTTY && process.stdout.isTTY),
           hideThinking: flags.hideThinking,
           json: flags.json,
-          generation: { temperature: flags.temperature, maxTokens: flags.maxTokens, thoughtBudget: flags.thoughtBudget, seed: flags.seed },
+          generation: {
+            temperature: flags.temperature,
+            maxTokens: flags.maxTokens,
+            thoughtBudget: flags.thoughtBudget ?? defaultThoughtBudget(flags.maxTokens),
+            seed: flags.seed,
+          },
         });
       } finally {
         await host.dispose();

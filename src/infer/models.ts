@@ -7,6 +7,7 @@ import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaConte
 import { resolveAdapter, modelNameFromPath, type ResolvedAdapter } from "./adapter.js";
 import { generateOnSequence, type GenerationOptions, type GenerationResult } from "./generate.js";
 import { ChatPromptRenderer, ChatTemplateError, type ChatMessage } from "./prompt.js";
+import { FreeCoreMeter } from "./threads.js";
 
 export interface ModelHostOptions {
   /** the base model GGUF */
@@ -19,7 +20,7 @@ export interface ModelHostOptions {
   contextSize?: number;
   /** generations at once; more wait in a queue */
   parallel?: number;
-  /** CPU threads for evaluation; 0 or absent = node-llama-cpp's default */
+  /** CPU threads for evaluation; 0 or absent = the cores free when each generation starts (measured) */
   threads?: number;
 }
 
@@ -116,7 +117,9 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
   readonly renderer: ChatPromptRenderer;
   readonly parallel: number;
   readonly #contextSize: number | { max: number };
-  readonly #threads: number | undefined;
+  readonly #threads: number;
+  /** absent when the threads were given */
+  readonly #freeCores: FreeCoreMeter | undefined;
   readonly #slots = new Map<string, Slot>();
   readonly #semaphore: Semaphore;
   #active = 0;
@@ -130,7 +133,11 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
     this.renderer = renderer;
     this.parallel = options.parallel ?? 1;
     this.#contextSize = options.contextSize ?? { max: 8192 };
-    this.#threads = options.threads || undefined;
+    // Contexts ask for every math core; before each generation the llama instance's limit is set to
+    // the cores free then, and llama.cpp's thread splitter gives each evaluation at most that.
+    this.#threads = options.threads || llama.cpuMathCores;
+    this.#freeCores = options.threads ? undefined : new FreeCoreMeter(llama.cpuMathCores);
+    llama.maxThreads = this.#threads;
     this.#semaphore = new Semaphore(this.parallel);
     for (const entry of served) this.#slots.set(entry.id, { served: entry, freeSequences: [] });
   }
@@ -150,7 +157,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
         }
         adapters.push(adapter);
       }
-      const llama = await getLlama({ gpu: options.gpu ?? "auto", build: "never", logLevel: LlamaLogLevel.error });
+      const llama = await getLlama({ gpu: options.gpu ?? "auto", build: "never", logLevel: LlamaLogLevel.error, maxThreads: options.threads || undefined });
       const model = await llama.loadModel({ modelPath: options.modelPath });
       const template = model.fileInfo.metadata?.tokenizer?.chat_template;
       if (typeof template !== "string" || template.trim() === "") {
@@ -180,6 +187,11 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
     return this.models[0].id;
   }
 
+  /** CPU threads generations may use now: the number given, or the free cores last measured */
+  get threads(): number {
+    return this.llama.maxThreads;
+  }
+
   /** generations running now */
   get active(): number {
     return this.#active;
@@ -205,6 +217,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
     const release = await this.#semaphore.acquire(options.signal);
     let sequence: LlamaContextSequence | undefined;
     try {
+      if (this.#freeCores) this.llama.maxThreads = await this.#freeCores.measure();
       sequence = await this.#takeSequence(slot);
       this.#active++;
       const started = performance.now();
