@@ -3,6 +3,8 @@
 // At most `parallel` generations run at once over all names; the rest wait in order (FIFO) and leave
 // the queue when their client goes away.
 import { EventEmitter } from "node:events";
+import { stat } from "node:fs/promises";
+import path from "node:path";
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel } from "node-llama-cpp";
 import { resolveAdapter, modelNameFromPath, type ResolvedAdapter } from "./adapter.js";
 import { generateOnSequence, type GenerationOptions, type GenerationResult } from "./generate.js";
@@ -110,6 +112,21 @@ interface Slot {
   freeSequences: LlamaContextSequence[];
 }
 
+/** llama.cpp's own error for a missing file is a bare ENOENT; say which file and what is expected. */
+async function checkModelFile(modelPath: string): Promise<void> {
+  const stats = await stat(modelPath).catch(() => undefined);
+  if (!stats) throw new ModelFileError(`the model ${modelPath} does not exist (resolved as ${path.resolve(modelPath)}); give the path of a model GGUF`);
+  if (!stats.isFile()) throw new ModelFileError(`the model ${modelPath} is not a file; give the path of a model GGUF`);
+}
+
+export class ModelFileError extends Error {
+  readonly code = "MODEL_NOT_FOUND";
+  constructor(message: string) {
+    super(message);
+    this.name = "ModelFileError";
+  }
+}
+
 export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> {
   readonly llama: Llama;
   readonly model: LlamaModel;
@@ -145,6 +162,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
   static async load(options: ModelHostOptions): Promise<ModelHost> {
     const parallel = options.parallel ?? 1;
     if (!Number.isInteger(parallel) || parallel < 1) throw new RangeError(`parallel must be a whole number of at least 1, got ${parallel}`);
+    await checkModelFile(options.modelPath);
     const baseId = modelNameFromPath(options.modelPath);
     const adapters: ResolvedAdapter[] = [];
     try {
