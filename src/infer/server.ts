@@ -76,12 +76,18 @@ export class ChatServer {
   readonly #defaults: NonNullable<ChatServerOptions["defaults"]>;
   readonly #maxBodyBytes: number;
   readonly #created = Math.floor(Date.now() / 1000);
+  readonly #pageHtml: string;
 
   constructor(options: ChatServerOptions) {
     this.host = options.host;
     this.#apiKeyDigest = options.apiKey ? digest(options.apiKey) : undefined;
     this.#defaults = options.defaults ?? {};
     this.#maxBodyBytes = options.maxBodyBytes ?? 8 * 1024 * 1024;
+    this.#pageHtml = chatPageHtml({
+      defaultModel: this.host.models.find((model) => model.adapter)?.id ?? this.host.baseId,
+      maxTokens: this.#defaults.maxTokens ?? defaultReplyTokens,
+      thoughtBudget: this.#defaults.thoughtBudget,
+    });
     this.server = http.createServer((req, res) => {
       this.#handle(req, res).catch((error: unknown) => {
         const httpError = toHttpError(error);
@@ -139,8 +145,8 @@ export class ChatServer {
         methods: ["GET", "HEAD"],
         api: false,
         run: async (_req, res) => {
-          res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache", "content-length": Buffer.byteLength(chatPageHtml) });
-          res.end(_req.method === "HEAD" ? undefined : chatPageHtml);
+          res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache", "content-length": Buffer.byteLength(this.#pageHtml) });
+          res.end(_req.method === "HEAD" ? undefined : this.#pageHtml);
         },
       };
     }
