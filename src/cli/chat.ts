@@ -6,6 +6,7 @@ import { defaultReplyTokens, defaultThoughtBudget } from "../infer/generate.js";
 import { ModelHost } from "../infer/models.js";
 import { runRepl } from "../infer/repl.js";
 import { embeddedModelPath } from "../train/config.js";
+import { modelSourceHelp, resolveModelSource } from "./model-source.js";
 
 export const wholeNumber = (name: string, min: number) => (value: string): number => {
   if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`${name} must be a whole number of at least ${min}, got "${value}"`);
@@ -31,7 +32,7 @@ export interface InferenceFlags {
 
 export function addInferenceFlags(command: Command): Command {
   return command
-    .option("-m, --model <gguf>", "base model GGUF", embeddedModelPath)
+    .option("-m, --model <model>", `base model: ${modelSourceHelp}`, embeddedModelPath)
     .option("--ctx-size <tokens>", "context size per conversation (default: up to 8192, within the model's)", wholeNumber("--ctx-size", 16))
     .option("--threads <n>", "CPU threads (default: the cores not busy with other processes, measured before each reply)", wholeNumber("--threads", 1))
     .option("--cpu", "do not use a GPU even when one is found")
@@ -65,7 +66,7 @@ export function registerChatCommand(program: Command): void {
     .option("--seed <n>", "sampling seed", wholeNumber("--seed", 0))
     .action(async (flags: ChatFlags) => {
       const host = await ModelHost.load({
-        modelPath: flags.model,
+        modelPath: await resolveModelSource(flags.model),
         adapters: flags.lora ? [flags.lora] : [],
         gpu: flags.cpu ? false : "auto",
         contextSize: flags.ctxSize,

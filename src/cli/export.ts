@@ -3,6 +3,7 @@ import path from "node:path";
 import type { Command } from "commander";
 import { adapterTypeNames, exportAdapter, exportFormats, exportTypeNames, mergedTypeNames, type ExportFormat, type ExportOptions } from "../export/export.js";
 import { nameArgument } from "./names.js";
+import { modelSourceHelp, resolveModelSource } from "./model-source.js";
 
 export function registerExportCommand(program: Command): void {
   program
@@ -11,7 +12,7 @@ export function registerExportCommand(program: Command): void {
     .argument("<source>", "a run folder (its adapter/, else its newest checkpoint), a checkpoint folder, an adapter folder or adapter GGUF, or a PEFT folder")
     .requiredOption("-f, --format <format>", `one of ${exportFormats.join(", ")}`, nameArgument(exportFormats))
     .requiredOption("-o, --out <path>", "the file (gguf, merged) or folder (peft, ollama) to write")
-    .option("--base <gguf>", "the base model GGUF (default: the one the run recorded)")
+    .option("--base <model>", `the base model (default: the one the run recorded): ${modelSourceHelp}`)
     .option(
       "--type <type>",
       `gguf/peft/ollama: ${adapterTypeNames.join(" (default) or ")}; merged: F16 (default), ${mergedTypeNames.filter((name) => name !== "F16" && name !== "base").join(", ")}, or base (each tensor in its base type); any case`,
@@ -24,7 +25,7 @@ export function registerExportCommand(program: Command): void {
         const result = await exportAdapter(source, {
           format: flags.format,
           out: flags.out,
-          baseModelPath: flags.base,
+          baseModelPath: flags.base === undefined ? undefined : await resolveModelSource(flags.base),
           type: flags.type,
           baseModelId: flags.baseModelId,
           overwrite: flags.force ?? false,

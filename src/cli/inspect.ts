@@ -3,6 +3,7 @@ import type { Command } from "commander";
 import { readGgufAdapter } from "../export/gguf-adapter.js";
 import { inspectGguf, type GgufInspection } from "../gguf/inspect.js";
 import { readGgufModel } from "../gguf/read.js";
+import { resolveModelSource } from "./model-source.js";
 
 function formatBytes(bytes: number): string {
   if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(2)} GiB`;
@@ -71,9 +72,10 @@ export function registerInspectCommand(program: Command): void {
   program
     .command("inspect")
     .description("show a model GGUF's architecture, shape, parameters, tensor types, tokenizer and chat template")
-    .argument("<file>", "a model GGUF (an adapter GGUF is named as such)")
+    .argument("<file>", `a model GGUF (an adapter GGUF is named as such), hf:OWNER/REPO:QUANT, hf:OWNER/REPO/FILE.gguf or an https:// URL`)
     .option("--json", "print the report as JSON")
-    .action(async (file: string, flags: { json?: boolean }) => {
+    .action(async (source: string, flags: { json?: boolean }) => {
+      const file = await resolveModelSource(source);
       if ((await readGgufModel(file)).metadata["general.type"] === "adapter") {
         const adapter = await summarizeAdapter(file);
         process.stdout.write(flags.json ? `${JSON.stringify(adapter, null, 2)}\n` : describeAdapter(adapter));

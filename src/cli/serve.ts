@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import { startServer } from "../infer/server.js";
 import { addInferenceFlags, wholeNumber, type InferenceFlags } from "./chat.js";
+import { resolveModelSource } from "./model-source.js";
 
 interface ServeFlags extends InferenceFlags {
   lora: string[];
@@ -25,7 +26,7 @@ export function registerServeCommand(program: Command): void {
     .action(async (flags: ServeFlags) => {
       const apiKey = flags.apiKey ?? (process.env.THINKTUNE_API_KEY || undefined);
       const running = await startServer({
-        modelPath: flags.model,
+        modelPath: await resolveModelSource(flags.model),
         adapters: flags.lora,
         gpu: flags.cpu ? false : "auto",
         contextSize: flags.ctxSize,
