@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError, Option } from "commander";
 import { formatIssue, inspectTrainingData, type DataOptions, type DataReport, type LengthStats } from "../data/index.js";
 import { builtinTemplateNames, dataFormats } from "../data/options.js";
 import { modelSourceHelp, resolveModelSource } from "./model-source.js";
+import { userCommand } from "./user-command.js";
 
 /** Flags shared by every command that reads training data (data check/show, train). */
 export interface DataFlags {
@@ -139,7 +140,7 @@ export function registerDataCommand(program: Command): void {
       throw new InvalidArgumentError(`there ${examples.length === 1 ? "is 1 example" : `are ${examples.length} examples`}; pick n from 1 to ${examples.length}, got ${n}`);
     }
     const chosen = n === undefined ? examples : [examples[n - 1]];
-    if (report.errorCount > 0) process.stderr.write(`note: ${report.errorCount} invalid record(s) not shown; run \`thinktune data check\` for the list\n`);
+    if (report.errorCount > 0) process.stderr.write(`note: ${report.errorCount} invalid record(s) not shown; run \`${userCommand("data", "check", "--model", flags.model, ...flags.data.flatMap((data) => ["--data", data]))}\` for the list\n`);
     const color = process.stdout.isTTY === true && !flags.json;
     for (const example of chosen) {
       if (flags.json) {

@@ -4,6 +4,7 @@ import { readGgufAdapter } from "../export/gguf-adapter.js";
 import { inspectGguf, type GgufInspection } from "../gguf/inspect.js";
 import { readGgufModel } from "../gguf/read.js";
 import { resolveModelSource } from "./model-source.js";
+import { userCommand } from "./user-command.js";
 
 function formatBytes(bytes: number): string {
   if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(2)} GiB`;
@@ -64,7 +65,7 @@ function describeAdapter(adapter: AdapterSummary): string {
   return (
     `${adapter.path}: a LoRA adapter for ${adapter.architecture || "an unnamed architecture"}, not a model: rank ${adapter.rank}, alpha ${adapter.alpha}, ` +
     `${adapter.matrices} adapted matrices (${adapter.targets.join(", ")})\n` +
-    `Use it on its base model: thinktune chat --model BASE.gguf --lora ${adapter.path} (serve takes --lora too; export takes it with --base BASE.gguf)\n`
+    `Use it on its base model: ${userCommand("chat", "--model", "BASE.gguf", "--lora", adapter.path)} (serve takes --lora too; export takes it with --base BASE.gguf)\n`
   );
 }
 
