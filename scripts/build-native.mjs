@@ -22,9 +22,22 @@ function run(command, args) {
   return result.status ?? 1;
 }
 
+/** `command` may carry arguments of its own ("ccache g++", as CXX can). */
 function hasCommand(command) {
-  const result = spawnSync(command, ["--version"], { stdio: "ignore" });
+  const [program, ...args] = command.trim().split(/\s+/);
+  const result = spawnSync(program, [...args, "--version"], { stdio: "ignore" });
   return !result.error && result.status === 0;
+}
+
+// Say what is missing before a build system fails on it with pages of output.
+const compilers = process.env.CXX ? [process.env.CXX] : ["c++", "g++", "clang++"];
+if (!compilers.some(hasCommand)) {
+  console.error(
+    `thinktune: no C++ compiler found (tried ${compilers.join(", ")}${process.env.CXX ? " from CXX" : ""}); the native addon is built from source on install.\n` +
+      "  Debian/Ubuntu: sudo apt-get install build-essential cmake; Fedora: sudo dnf install gcc-c++ cmake; macOS: xcode-select --install && brew install cmake\n" +
+      "  then run npm install again.",
+  );
+  process.exit(1);
 }
 
 if (hasCommand("cmake")) {
@@ -44,7 +57,7 @@ if (hasCommand("cmake")) {
   console.warn("thinktune: cmake not found; building the CPU-only addon with node-gyp (binding.gyp). Install cmake for the CUDA engine.");
   const nodeGyp = process.env.npm_config_node_gyp ?? path.join(path.dirname(process.execPath), "../lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js");
   if (!existsSync(nodeGyp)) {
-    console.error(`thinktune: neither cmake nor node-gyp (${nodeGyp}) was found; install cmake and run npm install again.`);
+    console.error(`thinktune: neither cmake nor node-gyp (${nodeGyp}) was found; install cmake (Debian/Ubuntu: sudo apt-get install cmake) and run npm install again.`);
     process.exit(1);
   }
   const status = run(process.execPath, [nodeGyp, "rebuild"]);

@@ -2,6 +2,8 @@
 // Records node-llama-cpp's per-platform prebuilt packages in package-lock.json when the registry this
 // lock was made with did not serve them (npm then leaves them out, and `npm ci` refuses the lock).
 // Each entry carries its os/cpu, so npm skips it on other platforms and fetches it where it applies.
+// No "resolved" URL, as for every other entry: with omit-lockfile-registry-resolved (a common setting
+// behind mirrors) npm would strip it on the next install and leave the lock changed in git.
 import { readFileSync, writeFileSync } from "node:fs";
 
 const lockPath = new URL("../package-lock.json", import.meta.url);
@@ -16,7 +18,6 @@ for (const [name, version] of Object.entries(parent.optionalDependencies ?? {}))
   if (!platforms[platform] || !cpu) throw new Error(`cannot tell the platform of ${name}`);
   lock.packages[key] = {
     version,
-    resolved: `https://registry.npmjs.org/${name}/-/${name.split("/")[1]}-${version}.tgz`,
     cpu: [cpu],
     optional: true,
     os: [platforms[platform]],

@@ -8,6 +8,7 @@ import { projectRoot, runCpuBench, runCudaBench } from "../bench/run.js";
 import { ggmlTypeNames } from "../gguf/ggml-types.js";
 import type { GgmlTypeName } from "../native/addon.js";
 import { parseByteSize } from "../train/byte-size.js";
+import { nameArgument } from "./names.js";
 
 interface BenchFlags {
   device: "cpu" | "cuda";
@@ -39,11 +40,7 @@ function listOf<T>(parse: (item: string) => T) {
   return (value: string, previous: T[] | undefined): T[] => [...(previous ?? []), ...value.split(",").map((item) => parse(item.trim()))];
 }
 
-function typeArgument(value: string): GgmlTypeName {
-  const name = value.toUpperCase();
-  if (!(ggmlTypeNames as readonly string[]).includes(name)) throw new InvalidArgumentError(`unknown type "${value}"; use one of ${ggmlTypeNames.join(", ")}`);
-  return name as GgmlTypeName;
-}
+const typeArgument = nameArgument(ggmlTypeNames);
 
 function positiveNumberArgument(value: string): number {
   const number = Number(value);

@@ -2,9 +2,11 @@
 // model is the embedded tiny one). In a pipe it answers line by line for scripts.
 import { Command, InvalidArgumentError } from "commander";
 import { ChatSession } from "../infer/chat-session.js";
+import { defaultReplyTokens, defaultThoughtBudget } from "../infer/generate.js";
 import { ModelHost } from "../infer/models.js";
 import { runRepl } from "../infer/repl.js";
 import { embeddedModelPath } from "../train/config.js";
+import { modelSourceHelp, resolveModelSource } from "./model-source.js";
 
 export const wholeNumber = (name: string, min: number) => (value: string): number => {
   if (!/^\d+$/.test(value) || Number(value) < min) throw new InvalidArgumentError(`${name} must be a whole number of at least ${min}, got "${value}"`);
@@ -24,19 +26,23 @@ export interface InferenceFlags {
   threads?: number;
   cpu?: boolean;
   temperature: number;
-  maxTokens?: number;
+  maxTokens: number;
   thoughtBudget?: number;
 }
 
 export function addInferenceFlags(command: Command): Command {
   return command
-    .option("-m, --model <gguf>", "base model GGUF", embeddedModelPath)
+    .option("-m, --model <model>", `base model: ${modelSourceHelp}`, embeddedModelPath)
     .option("--ctx-size <tokens>", "context size per conversation (default: up to 8192, within the model's)", wholeNumber("--ctx-size", 16))
-    .option("--threads <n>", "CPU threads (default: llama.cpp's choice)", wholeNumber("--threads", 1))
+    .option("--threads <n>", "CPU threads (default: the cores not busy with other processes, measured before each reply)", wholeNumber("--threads", 1))
     .option("--cpu", "do not use a GPU even when one is found")
     .option("-t, --temperature <t>", "sampling temperature, 0 = greedy", temperatureValue, 0.6)
-    .option("--max-tokens <n>", "tokens per reply at most, thought and answer together (default: the rest of the context)", wholeNumber("--max-tokens", 1))
-    .option("--thought-budget <n>", "thought tokens at most; then the thought is closed and the model answers", wholeNumber("--thought-budget", 0));
+    .option("--max-tokens <n>", "tokens per reply at most, thought and answer together", wholeNumber("--max-tokens", 1), defaultReplyTokens)
+    .option(
+      "--thought-budget <n>",
+      `thought tokens at most; then the thought is closed and the model answers (default: 3/4 of --max-tokens, ${defaultThoughtBudget(defaultReplyTokens)})`,
+      wholeNumber("--thought-budget", 0),
+    );
 }
 
 interface ChatFlags extends InferenceFlags {
@@ -60,7 +66,7 @@ export function registerChatCommand(program: Command): void {
     .option("--seed <n>", "sampling seed", wholeNumber("--seed", 0))
     .action(async (flags: ChatFlags) => {
       const host = await ModelHost.load({
-        modelPath: flags.model,
+        modelPath: await resolveModelSource(flags.model),
         adapters: flags.lora ? [flags.lora] : [],
         gpu: flags.cpu ? false : "auto",
         contextSize: flags.ctxSize,
@@ -77,7 +83,12 @@ export function registerChatCommand(program: Command): void {
           interactive: Boolean(process.stdin.isTTY && process.stdout.isTTY),
           hideThinking: flags.hideThinking,
           json: flags.json,
-          generation: { temperature: flags.temperature, maxTokens: flags.maxTokens, thoughtBudget: flags.thoughtBudget, seed: flags.seed },
+          generation: {
+            temperature: flags.temperature,
+            maxTokens: flags.maxTokens,
+            thoughtBudget: flags.thoughtBudget ?? defaultThoughtBudget(flags.maxTokens),
+            seed: flags.seed,
+          },
         });
       } finally {
         await host.dispose();

@@ -2,6 +2,8 @@
 import { Command, InvalidArgumentError, Option } from "commander";
 import { formatIssue, inspectTrainingData, type DataOptions, type DataReport, type LengthStats } from "../data/index.js";
 import { builtinTemplateNames, dataFormats } from "../data/options.js";
+import { modelSourceHelp, resolveModelSource } from "./model-source.js";
+import { userCommand } from "./user-command.js";
 
 /** Flags shared by every command that reads training data (data check/show, train). */
 export interface DataFlags {
@@ -114,11 +116,11 @@ export function registerDataCommand(program: Command): void {
     data
       .command("check")
       .description("counts, token lengths, what is dropped and why, every error and warning (exit code 1 when there are errors)")
-      .requiredOption("-m, --model <gguf>", "the base model (its vocabulary and chat template)")
+      .requiredOption("-m, --model <model>", `the base model (its vocabulary and chat template): ${modelSourceHelp}`)
       .option("--json", "print the report as JSON"),
   ).action(async (flags: DataFlags & { model: string; json?: boolean }) => {
     const options = dataOptionsFromFlags(flags);
-    const { report } = await inspectTrainingData(flags.model, options);
+    const { report } = await inspectTrainingData(await resolveModelSource(flags.model), options);
     process.stdout.write(flags.json ? `${JSON.stringify(report, null, 2)}\n` : formatDataReport(report));
     if (report.errorCount > 0 && (options.onInvalid ?? "error") === "error") process.exitCode = 1;
   });
@@ -128,17 +130,17 @@ export function registerDataCommand(program: Command): void {
       .command("show")
       .description("the rendered examples with the trained span marked (colour in a terminal, [[TRAIN]] markers in a pipe)")
       .argument("[n]", "show only example n (1-based, in file order)", integer("n"))
-      .requiredOption("-m, --model <gguf>", "the base model (its vocabulary and chat template)")
+      .requiredOption("-m, --model <model>", `the base model (its vocabulary and chat template): ${modelSourceHelp}`)
       .option("--json", "one JSON line per example: source, prompt, completion, tokens, lossFrom"),
   ).action(async (n: number | undefined, flags: DataFlags & { model: string; json?: boolean }) => {
     const options = dataOptionsFromFlags(flags);
-    const { rendered, report } = await inspectTrainingData(flags.model, options, { keepTexts: true });
+    const { rendered, report } = await inspectTrainingData(await resolveModelSource(flags.model), options, { keepTexts: true });
     const examples = rendered ?? [];
     if (n !== undefined && (n < 1 || n > examples.length)) {
       throw new InvalidArgumentError(`there ${examples.length === 1 ? "is 1 example" : `are ${examples.length} examples`}; pick n from 1 to ${examples.length}, got ${n}`);
     }
     const chosen = n === undefined ? examples : [examples[n - 1]];
-    if (report.errorCount > 0) process.stderr.write(`note: ${report.errorCount} invalid record(s) not shown; run \`thinktune data check\` for the list\n`);
+    if (report.errorCount > 0) process.stderr.write(`note: ${report.errorCount} invalid record(s) not shown; run \`${userCommand("data", "check", "--model", flags.model, ...flags.data.flatMap((data) => ["--data", data]))}\` for the list\n`);
     const color = process.stdout.isTTY === true && !flags.json;
     for (const example of chosen) {
       if (flags.json) {

@@ -1,6 +1,10 @@
 // `thinktune inspect FILE [--json]`
 import type { Command } from "commander";
+import { readGgufAdapter } from "../export/gguf-adapter.js";
 import { inspectGguf, type GgufInspection } from "../gguf/inspect.js";
+import { readGgufModel } from "../gguf/read.js";
+import { resolveModelSource } from "./model-source.js";
+import { userCommand } from "./user-command.js";
 
 function formatBytes(bytes: number): string {
   if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(2)} GiB`;
@@ -38,13 +42,46 @@ function describe(info: GgufInspection): string {
   return lines.join("\n") + "\n";
 }
 
+interface AdapterSummary {
+  path: string;
+  type: "lora-adapter";
+  architecture: string;
+  rank: number;
+  alpha: number;
+  /** adapted matrices, one per layer and target */
+  matrices: number;
+  targets: string[];
+}
+
+async function summarizeAdapter(file: string): Promise<AdapterSummary> {
+  const adapter = await readGgufAdapter(file);
+  const pairs = adapter.tensors.filter((tensor) => tensor.name.endsWith(".lora_a"));
+  const targets = [...new Set(pairs.map((tensor) => /^blk\.\d+\.(.+)\.weight\.lora_a$/.exec(tensor.name)?.[1] ?? tensor.name))];
+  return { path: file, type: "lora-adapter", architecture: adapter.arch, rank: pairs[0]?.shape[0] ?? 0, alpha: adapter.alpha, matrices: pairs.length, targets };
+}
+
+/** An adapter is not a model: say what it is and where it goes instead of naming a missing model key. */
+function describeAdapter(adapter: AdapterSummary): string {
+  return (
+    `${adapter.path}: a LoRA adapter for ${adapter.architecture || "an unnamed architecture"}, not a model: rank ${adapter.rank}, alpha ${adapter.alpha}, ` +
+    `${adapter.matrices} adapted matrices (${adapter.targets.join(", ")})\n` +
+    `Use it on its base model: ${userCommand("chat", "--model", "BASE.gguf", "--lora", adapter.path)} (serve takes --lora too; export takes it with --base BASE.gguf)\n`
+  );
+}
+
 export function registerInspectCommand(program: Command): void {
   program
     .command("inspect")
     .description("show a model GGUF's architecture, shape, parameters, tensor types, tokenizer and chat template")
-    .argument("<file>", "a model GGUF")
+    .argument("<file>", `a model GGUF (an adapter GGUF is named as such), hf:OWNER/REPO:QUANT, hf:OWNER/REPO/FILE.gguf or an https:// URL`)
     .option("--json", "print the report as JSON")
-    .action(async (file: string, flags: { json?: boolean }) => {
+    .action(async (source: string, flags: { json?: boolean }) => {
+      const file = await resolveModelSource(source);
+      if ((await readGgufModel(file)).metadata["general.type"] === "adapter") {
+        const adapter = await summarizeAdapter(file);
+        process.stdout.write(flags.json ? `${JSON.stringify(adapter, null, 2)}\n` : describeAdapter(adapter));
+        return;
+      }
       const info = await inspectGguf(file);
       process.stdout.write(flags.json ? `${JSON.stringify(info, null, 2)}\n` : describe(info));
     });

@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import { startServer } from "../infer/server.js";
 import { addInferenceFlags, wholeNumber, type InferenceFlags } from "./chat.js";
+import { resolveModelSource } from "./model-source.js";
 
 interface ServeFlags extends InferenceFlags {
   lora: string[];
@@ -25,7 +26,7 @@ export function registerServeCommand(program: Command): void {
     .action(async (flags: ServeFlags) => {
       const apiKey = flags.apiKey ?? (process.env.THINKTUNE_API_KEY || undefined);
       const running = await startServer({
-        modelPath: flags.model,
+        modelPath: await resolveModelSource(flags.model),
         adapters: flags.lora,
         gpu: flags.cpu ? false : "auto",
         contextSize: flags.ctxSize,
@@ -35,6 +36,10 @@ export function registerServeCommand(program: Command): void {
         hostname: flags.host,
         apiKey,
         defaults: { temperature: flags.temperature, maxTokens: flags.maxTokens, thoughtBudget: flags.thoughtBudget },
+      }).catch((error: NodeJS.ErrnoException) => {
+        if (error.code === "EADDRINUSE") throw new Error(`${flags.host}:${flags.port} is already in use (another server is running there); pick another port with --port N, or --port 0 for a free one`);
+        if (error.code === "EACCES") throw new Error(`${flags.host}:${flags.port} may not be bound by this user (ports below 1024 need privileges); pick another with --port N`);
+        throw error;
       });
       const names = running.host.models.map((model) => (model.adapter ? `${model.id} (${model.adapter.input})` : `${model.id} (base)`));
       process.stdout.write(`thinktune serve: listening on ${running.url}\n  models: ${names.join(", ")}\n  chat page: ${running.url}/\n`);

@@ -2,6 +2,7 @@
 import path from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { resolveSynthOptions, synthParameterCount, synthPresetNames, synthTypeNames, writeSynthModel, type SynthInput, type SynthOptionLabels, type SynthPresetName } from "../gguf/synth.js";
+import { nameArgument } from "./names.js";
 
 function integerArgument(value: string): number {
   if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError(`expected a whole number, got "${value}"`);
@@ -29,7 +30,7 @@ interface SynthFlags {
   tied?: boolean;
   qkvBias?: boolean;
   ropeFreqs?: boolean;
-  type?: string;
+  type?: SynthInput["type"];
   seed: number;
   out: string;
 }
@@ -82,7 +83,7 @@ export function registerSynthCommand(program: Command): void {
     .option("--no-qkv-bias", "no Q/K/V biases (the Llama default)")
     .option("--rope-freqs", "rope_freqs.weight with llama3 RoPE scaling (llama only)")
     .option("--no-rope-freqs", "no rope_freqs.weight")
-    .addOption(new Option("--type <type>", "type of the weight matrices, or a llama-quantize mix (Q4_K_M, Q5_K_M); norms and biases stay F32").choices(synthTypeNames))
+    .option("--type <type>", `type of the weight matrices, or a llama-quantize mix (Q4_K_M, Q5_K_M); norms and biases stay F32: ${synthTypeNames.join(", ")}`, nameArgument(synthTypeNames))
     .option("--seed <n>", "random seed", integerArgument, 0)
     .requiredOption("-o, --out <file>", "the GGUF file to write")
     .action(async (flags: SynthFlags) => {
@@ -101,7 +102,7 @@ export function registerSynthCommand(program: Command): void {
         tiedOutput: flags.tied,
         qkvBias: flags.qkvBias,
         ropeFreqs: flags.ropeFreqs,
-        type: flags.type as SynthInput["type"],
+        type: flags.type,
         seed: flags.seed,
       };
       const options = resolveSynthOptions(input, flagNames);

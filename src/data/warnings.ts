@@ -84,25 +84,49 @@ export function languageMismatchReason(question: string, reasoning: string): str
   return `language mismatch: the question is in ${scriptNames[asked]} but the reasoning is in ${scriptNames[reasoned]}`;
 }
 
-/** The result the reasoning arrives at: a \boxed{...} value, else the last number of its last sentence. */
-function reasoningResult(reasoning: string): string | undefined {
-  const boxed = [...reasoning.matchAll(/\\boxed\{([^{}]+)\}/g)];
-  if (boxed.length > 0) return boxed[boxed.length - 1][1].trim();
-  const sentences = reasoning.trim().split(sentenceBreak).filter((sentence) => sentence.trim() !== "");
-  const last = sentences[sentences.length - 1] ?? "";
-  const numbers = last.match(/-?\d[\d,]*(?:\.\d+)?/g);
-  return numbers ? numbers[numbers.length - 1] : undefined;
+/** A number as written: digits with optional thousands separators and decimals; a trailing comma is punctuation. */
+const numberPattern = /[-\u2212]?\d+(?:,\d{3})*(?:\.\d+)?/g;
+const numberWords = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen", "twenty"];
+
+/** The values of the numbers in a text (1,250 and 1250.0 are both 1250; "three" is 3). */
+function numberValues(text: string): Set<number> {
+  const values = new Set<number>();
+  for (const match of text.matchAll(numberPattern)) values.add(Number(match[0].replace(/,/g, "").replace("\u2212", "-")));
+  for (const [value, word] of numberWords.entries()) if (new RegExp(`\\b${word}\\b`, "i").test(text)) values.add(value);
+  return values;
 }
 
-const normalizeNumberText = (text: string): string => text.replace(/(\d),(?=\d{3}\b)/g, "$1").replace(/\s+/g, "");
+const normalizeMath = (text: string): string => text.replace(/\\left|\\right|\\,|\$|\s+/g, "").replace(/\\dfrac/g, "\\frac");
 
-/** The reasoning reaches a result that the answer never states. */
+/**
+ * What the reasoning concludes: its last \boxed{...}, else the numbers of its last sentence (the
+ * result is often one of several there: "boys = 32 - 18 = 14", or a check such as "14 + 18 = 32").
+ */
+function reasoningConclusion(reasoning: string): { shown: string; boxed?: string; values: Set<number> } | undefined {
+  const boxed = [...reasoning.matchAll(/\\boxed\{((?:[^{}]|\{[^{}]*\})+)\}/g)];
+  if (boxed.length > 0) {
+    const value = boxed[boxed.length - 1][1].trim();
+    return { shown: value, boxed: value, values: numberValues(value) };
+  }
+  const sentences = reasoning.trim().split(sentenceBreak).filter((sentence) => sentence.trim() !== "");
+  const last = sentences[sentences.length - 1] ?? "";
+  const numbers = [...last.matchAll(numberPattern)].map((match) => match[0]);
+  if (numbers.length === 0) return undefined;
+  return { shown: numbers.join(", "), values: numberValues(numbers.join(" ")) };
+}
+
+/** The reasoning reaches a result that the answer never states (the answer was left inside the reasoning). */
 export function answerOnlyInReasoningReason(reasoning: string, answer: string): string | undefined {
-  const result = reasoningResult(reasoning);
-  if (result === undefined) return undefined;
-  const wanted = normalizeNumberText(result);
-  if (wanted === "" || normalizeNumberText(answer).includes(wanted)) return undefined;
-  return `answer only inside the reasoning: the reasoning concludes "${clip(result, 40)}" but the answer does not state it`;
+  const conclusion = reasoningConclusion(reasoning);
+  if (conclusion === undefined) return undefined;
+  if (conclusion.boxed !== undefined && normalizeMath(answer).includes(normalizeMath(conclusion.boxed))) return undefined;
+  const stated = numberValues(answer);
+  const values = [...conclusion.values];
+  // a boxed expression needs all of its numbers in the answer (3/4 is not 3); a sentence's result is one of them
+  const found = conclusion.boxed !== undefined ? values.length > 0 && values.every((value) => stated.has(value)) : values.some((value) => stated.has(value));
+  if (found) return undefined;
+  const what = conclusion.boxed !== undefined || values.length === 1 ? `"${clip(conclusion.shown, 40)}"` : `one of ${clip(conclusion.shown, 40)}`;
+  return `answer only inside the reasoning: the reasoning concludes ${what} but the answer does not state it`;
 }
 
 /** Token counts far above the rest of the file: beyond Q3 + 3·IQR and beyond three times the median. */

@@ -2,6 +2,7 @@
 import path from "node:path";
 import { checkWritable, ExportError } from "./errors.js";
 import { writeGgufAdapter, type AdapterTensorType } from "./gguf-adapter.js";
+import { synthTypeNames } from "../gguf/synth.js";
 import { writeMergedModel, type MergedTensorType } from "./merged.js";
 import { writeOllamaFolder } from "./ollama.js";
 import { writePeftAdapter } from "./peft.js";
@@ -10,14 +11,23 @@ import { loadAdapterSource, type AdapterSource } from "./source.js";
 export const exportFormats = ["gguf", "peft", "merged", "ollama"] as const;
 export type ExportFormat = (typeof exportFormats)[number];
 
+/** Types of the adapter's own tensors (gguf, peft, ollama). */
+export const adapterTypeNames = ["F32", "F16"] as const;
+/** Types of a merged model's matrices: what synth can write, or "base" (each tensor keeps its base type). */
+export const mergedTypeNames: readonly MergedTensorType[] = [...synthTypeNames, "base"];
+/** Every name --type takes, for any format. */
+export const exportTypeNames: readonly (AdapterTensorType | MergedTensorType)[] = mergedTypeNames;
+
 export interface ExportOptions {
   format: ExportFormat;
   /** a file for gguf and merged, a folder for peft and ollama */
   out: string;
   /** the base GGUF, when the source does not record it or it has moved */
   baseModelPath?: string;
-  /** gguf / peft / ollama: "F32" (default) or "F16"; merged: "F16" (default) or "base" (each tensor's own type) */
+  /** gguf / peft / ollama: "F32" (default) or "F16"; merged: one of mergedTypeNames, "F16" by default */
   type?: AdapterTensorType | MergedTensorType;
+  /** peft: base_model_name_or_path (default: the source repository the GGUF names, else its name) */
+  baseModelId?: string;
   /** replace an existing destination */
   overwrite?: boolean;
 }
@@ -33,8 +43,9 @@ export async function exportAdapter(input: string, options: ExportOptions): Prom
     throw new ExportError(`unknown export format "${options.format}"; expected one of ${exportFormats.join(", ")}`);
   }
   const type = options.type;
-  if (options.format === "merged" ? type !== undefined && type !== "F16" && type !== "base" : type !== undefined && type !== "F32" && type !== "F16") {
-    throw new ExportError(`--type ${type} does not apply to ${options.format}; use ${options.format === "merged" ? "f16 or base" : "f32 or f16"}`);
+  const allowed: readonly string[] = options.format === "merged" ? mergedTypeNames : adapterTypeNames;
+  if (type !== undefined && !allowed.includes(type)) {
+    throw new ExportError(`type ${type} does not apply to ${options.format}; use one of ${allowed.join(", ")}`);
   }
   const out = path.resolve(options.out);
   if (options.format === "gguf" || options.format === "merged") await checkWritable(out, options.overwrite ?? false);
@@ -45,7 +56,7 @@ export async function exportAdapter(input: string, options: ExportOptions): Prom
       await writeGgufAdapter(out, { ...common, type: type as AdapterTensorType | undefined });
       break;
     case "peft":
-      await writePeftAdapter(out, { ...common, dtype: type as AdapterTensorType | undefined, overwrite: options.overwrite });
+      await writePeftAdapter(out, { ...common, dtype: type as AdapterTensorType | undefined, baseModelId: options.baseModelId, overwrite: options.overwrite });
       break;
     case "merged":
       await writeMergedModel(out, { ...common, type: type as MergedTensorType | undefined });

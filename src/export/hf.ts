@@ -170,13 +170,28 @@ export function hfConfigFromGguf(file: GgufModelFile, ropeFreqs?: Float32Array):
   };
 }
 
-/** The name PEFT's base_model_name_or_path should carry: the source repository if the GGUF says it, else its name. */
+/** "owner/repo" of a Hugging Face model URL (https://huggingface.co/owner/repo[/...]), else undefined. */
+function huggingFaceRepoOf(url: string): string | undefined {
+  const match = /^https?:\/\/(?:huggingface\.co|hf\.co)\/([\w.-]+\/[\w.-]+)\/?(?:$|[/?#])/.exec(url.trim());
+  return match?.[1];
+}
+
+/**
+ * The name PEFT's base_model_name_or_path should carry, so transformers can fetch the base: the
+ * model's own source repository when the GGUF names it (convert_hf_to_gguf's general.source.* keys,
+ * or general.repo_url when it is a model's URL; general.base_model.* is the model it was tuned from,
+ * not this one), else its name, else the file name.
+ */
 export function hfBaseModelName(file: GgufModelFile): string {
-  for (const key of ["general.source.huggingface.repository", "general.source.repo_url", "general.name", "general.basename"]) {
-    const value = file.metadata[key];
-    if (typeof value === "string" && value.trim() !== "") {
-      return value.replace(/^https:\/\/huggingface\.co\//, "").trim();
-    }
+  const text = (key: string) => (typeof file.metadata[key] === "string" ? (file.metadata[key] as string).trim() : "");
+  const repository = text("general.source.huggingface.repository");
+  if (repository !== "") return repository.replace(/^https:\/\/huggingface\.co\//, "");
+  for (const key of ["general.source.repo_url", "general.source.url", "general.repo_url", "general.url"]) {
+    const repo = huggingFaceRepoOf(text(key));
+    if (repo) return repo;
   }
+  const sourceRepoUrl = text("general.source.repo_url");
+  if (sourceRepoUrl !== "") return sourceRepoUrl;
+  for (const key of ["general.name", "general.basename"]) if (text(key) !== "") return text(key);
   return file.path.replace(/^.*[\\/]/, "").replace(/\.gguf$/i, "");
 }

@@ -1,18 +1,20 @@
 // A full GGUF with the LoRA folded in (W + alpha/rank · B·A), for tools that take no adapters.
 // Every metadata key is copied with its stored type (tokenizer and chat template included); each
-// adapted tensor is dequantized by its own type, merged in F32, and written as F16 or requantized to
-// that tensor's own base type. Unadapted tensors are copied byte for byte (or converted to F16).
+// adapted tensor is dequantized by its own type and merged in F32. Matrices are then written in the
+// type asked for (F16 by default; Q4_K_M and Q5_K_M mix types per tensor as llama-quantize does), or
+// each in its own base type ("base"). Tensors whose type does not change are copied byte for byte.
 import { loadNativeAddon, GgmlType, type GgmlTypeName, type NamedTensor } from "../native/addon.js";
 import { readGgufModel, type GgufTensor } from "../gguf/read.js";
-import { ggmlTypeLayoutById } from "../gguf/ggml-types.js";
+import { ggmlTypeLayoutById, ggmlTypeLayouts } from "../gguf/ggml-types.js";
+import { fileTypeIds, matrixTypeIn, type SynthTypeName } from "../gguf/synth.js";
 import { GgufWriter, gguf } from "../gguf/writer.js";
 import { ExportError } from "./errors.js";
 import { elementCount, readTensorBytes } from "./base-tensors.js";
 import { checkLoraAgainstBase, type LoraPair } from "./gguf-adapter.js";
 import { readTypedGgufMetadata } from "./gguf-metadata.js";
 
-/** "F16": matrices in F16 (norms and other vectors stay F32); "base": each tensor keeps its base type. */
-export type MergedTensorType = "F16" | "base";
+/** A type (or Q4_K_M / Q5_K_M mix) for the matrices, vectors staying F32; "base": each tensor keeps its base type. */
+export type MergedTensorType = SynthTypeName | "base";
 
 export interface MergedExportOptions {
   baseModelPath: string;
@@ -21,8 +23,6 @@ export interface MergedExportOptions {
   type?: MergedTensorType;
 }
 
-/** llama_ftype value of an all-F16 file (llama.h LLAMA_FTYPE_MOSTLY_F16). */
-const FILE_TYPE_MOSTLY_F16 = 1;
 
 /** W (row-major [out, in]) += scale · B [out, rank] · A [rank, in], in place. */
 export function addLoraDelta(weight: Float32Array, pair: LoraPair, scale: number): void {
@@ -41,10 +41,14 @@ export function addLoraDelta(weight: Float32Array, pair: LoraPair, scale: number
   }
 }
 
-function outputType(tensor: GgufTensor, mode: MergedTensorType, baseTypeName: GgmlTypeName): GgmlTypeName {
+function outputType(tensor: GgufTensor, mode: MergedTensorType, baseTypeName: GgmlTypeName, nLayer: number, tiedOutput: boolean): GgmlTypeName {
   if (mode === "base") return baseTypeName;
-  // vectors (norms, biases, rope_freqs) stay F32 as in llama.cpp's own F16 files
-  return tensor.dims.length === 1 ? "F32" : "F16";
+  // vectors (norms, biases, rope_freqs) stay F32 as in llama.cpp's own files
+  if (tensor.dims.length === 1) return "F32";
+  const type = matrixTypeIn(mode, tensor.name, nLayer, tiedOutput);
+  // rows that are not whole blocks of the type: Q8_0 (32 per block) as llama-quantize's fallback, else F16
+  if (tensor.dims[0] % ggmlTypeLayouts[type].blockSize === 0) return type;
+  return tensor.dims[0] % ggmlTypeLayouts.Q8_0.blockSize === 0 ? "Q8_0" : "F16";
 }
 
 /** Writes the merged model to `file` (temporary name, then renamed). */
@@ -63,12 +67,15 @@ export async function writeMergedModel(file: string, options: MergedExportOption
     if (key === "general.alignment") continue;
     writer.set(key, value);
   }
-  if (mode === "F16") writer.set("general.file_type", gguf.u32(FILE_TYPE_MOSTLY_F16));
+  // llama_ftype of the whole file, as llama-quantize records it
+  if (mode !== "base") writer.set("general.file_type", gguf.u32(fileTypeIds[mode]));
+  const nLayer = Number(base.metadata[`${String(base.metadata["general.architecture"])}.block_count`]);
+  const tiedOutput = !base.tensors.some((tensor) => tensor.name === "output.weight");
 
   for (const tensor of base.tensors) {
     const layout = ggmlTypeLayoutById(tensor.type);
     if (!layout) throw new ExportError(`${base.path}: tensor "${tensor.name}" has ggml type ${tensor.type}, which thinktune cannot merge or copy`);
-    const target = outputType(tensor, mode, layout.name);
+    const target = outputType(tensor, mode, layout.name, nLayer, tiedOutput);
     const pair = pairByBase.get(tensor.name);
     writer.addTensor(tensor.name, target, tensor.dims, async () => {
       const bytes = await readTensorBytes(base, tensor);

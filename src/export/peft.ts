@@ -18,6 +18,8 @@ export interface PeftExportOptions {
   /** llama.cpp-named LoRA tensors: `<base tensor>.lora_a` [rank, in], `.lora_b` [out, rank] */
   tensors: NamedTensor[];
   dtype?: SafetensorsDtype;
+  /** base_model_name_or_path; by default the source repository the GGUF names, else its name */
+  baseModelId?: string;
   /** replace an existing folder at the destination */
   overwrite?: boolean;
 }
@@ -32,11 +34,11 @@ export async function baseHfConfig(base: GgufModelFile): Promise<Record<string, 
 }
 
 /** adapter_config.json: the LoraConfig fields peft and vLLM read. */
-export function peftAdapterConfig(base: GgufModelFile, rank: number, alpha: number, targetModules: string[]): Record<string, unknown> {
+export function peftAdapterConfig(base: GgufModelFile, rank: number, alpha: number, targetModules: string[], baseModelId?: string): Record<string, unknown> {
   return {
     peft_type: "LORA",
     task_type: "CAUSAL_LM",
-    base_model_name_or_path: hfBaseModelName(base),
+    base_model_name_or_path: baseModelId ?? hfBaseModelName(base),
     r: rank,
     lora_alpha: alpha,
     lora_dropout: 0,
@@ -79,7 +81,7 @@ export async function writePeftAdapter(outDir: string, options: PeftExportOption
   if (!Number.isFinite(options.alpha) || options.alpha <= 0) throw new ExportError(`LoRA alpha must be a positive number, got ${options.alpha}`);
   const base = await readGgufModel(options.baseModelPath);
   const { tensors, rank, targetModules } = toPeftTensors(base, options.tensors);
-  const adapterConfig = peftAdapterConfig(base, rank, options.alpha, targetModules);
+  const adapterConfig = peftAdapterConfig(base, rank, options.alpha, targetModules, options.baseModelId);
   const hfConfig = await baseHfConfig(base);
   await checkWritable(outDir, options.overwrite ?? false);
   await writeFolderAtomic(outDir, async (dir) => {

@@ -160,7 +160,7 @@ export interface SynthTensor {
 }
 
 // llama.cpp's ftype ids (llama_ftype) for a file whose matrices are all of one type.
-const fileTypeIds: Record<SynthTypeName, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 7, Q4_K: 14, Q5_K: 16, Q6_K: 18, BF16: 32, Q4_K_M: 15, Q5_K_M: 17 };
+export const fileTypeIds: Record<SynthTypeName, number> = { F32: 0, F16: 1, Q4_0: 2, Q8_0: 7, Q4_K: 14, Q5_K: 16, Q6_K: 18, BF16: 32, Q4_K_M: 15, Q5_K_M: 17 };
 
 /** The type most matrices get: the type itself, or a mix's base K type. */
 function baseMatrixType(type: SynthTypeName): GgmlTypeName {
@@ -171,6 +171,19 @@ function baseMatrixType(type: SynthTypeName): GgmlTypeName {
 function usesMoreBits(layer: number, nLayer: number): boolean {
   const eighth = Math.trunc(nLayer / 8);
   return layer < eighth || layer >= Math.trunc((7 * nLayer) / 8) || (layer - eighth) % 3 === 2;
+}
+
+/**
+ * The type a weight matrix gets in a file of `type` (a ggml type, or a mix): in a mix, Q6_K for the
+ * output projection (the token embedding when tied) and for attn_v / ffn_down in the layers that use
+ * more bits; the type itself (or the mix's K type) everywhere else. Vectors are not matrices: F32.
+ */
+export function matrixTypeIn(type: SynthTypeName, tensorName: string, nLayer: number, tiedOutput: boolean): GgmlTypeName {
+  if (!Object.hasOwn(synthTypeMixes, type)) return type as GgmlTypeName;
+  const isOutput = tensorName === "output.weight" || (tiedOutput && tensorName === "token_embd.weight");
+  const layer = /^blk\.(\d+)\.(attn_v|ffn_down)\.weight$/.exec(tensorName);
+  if (isOutput || (layer && usesMoreBits(Number(layer[1]), nLayer))) return "Q6_K";
+  return synthTypeMixes[type as SynthTypeMixName];
 }
 
 /** Llama 3.1's RoPE frequency divisors (factor 8, low 1, high 4, original context 8192). */
@@ -199,15 +212,10 @@ export function planSynthTensors(options: SynthOptions): SynthTensor[] {
   const { nEmbd, nFf, nVocab, nLayer } = options;
   const headDim = nEmbd / options.nHead;
   const nEmbdKv = headDim * options.nHeadKv;
-  const mixed = Object.hasOwn(synthTypeMixes, options.type);
-  const baseType = baseMatrixType(options.type);
-  const moreBitsType = (layer: number): GgmlTypeName => (mixed && usesMoreBits(layer, nLayer) ? "Q6_K" : baseType);
-  // the output projection (the token embedding when tied) gets Q6_K in a mix
-  const outputType: GgmlTypeName = mixed ? "Q6_K" : baseType;
   // 1/sqrt(fan-in) keeps activations at unit scale; residual outputs shrink with depth (GPT-2 style).
-  const matrix = (name: string, input: number, output: number, extraScale = 1, type = baseType): SynthTensor => ({
+  const matrix = (name: string, input: number, output: number, extraScale = 1): SynthTensor => ({
     name,
-    type,
+    type: matrixTypeIn(options.type, name, nLayer, options.tiedOutput),
     dims: [input, output],
     init: { mean: 0, std: extraScale / Math.sqrt(input) },
   });
@@ -217,7 +225,7 @@ export function planSynthTensors(options: SynthOptions): SynthTensor[] {
   const bias: ValueInit = { mean: 0, std: 0.1 };
 
   // logits get a standard deviation of about 2: a peaked but not degenerate next-token distribution
-  const tensors: SynthTensor[] = [matrix("token_embd.weight", nEmbd, nVocab, 2, options.tiedOutput ? outputType : baseType)];
+  const tensors: SynthTensor[] = [matrix("token_embd.weight", nEmbd, nVocab, 2)];
   if (options.ropeFreqs) {
     tensors.push({ name: "rope_freqs.weight", type: "F32", dims: [headDim / 2], init: { ropeFreqs: llama3RopeFreqs(headDim, options.ropeBase) } });
   }
@@ -226,7 +234,7 @@ export function planSynthTensors(options: SynthOptions): SynthTensor[] {
     tensors.push(vector(`${block}.attn_norm.weight`, nEmbd, norm));
     tensors.push(matrix(`${block}.attn_q.weight`, nEmbd, nEmbd));
     tensors.push(matrix(`${block}.attn_k.weight`, nEmbd, nEmbdKv));
-    tensors.push(matrix(`${block}.attn_v.weight`, nEmbd, nEmbdKv, 1, moreBitsType(layer)));
+    tensors.push(matrix(`${block}.attn_v.weight`, nEmbd, nEmbdKv));
     if (options.qkvBias) {
       tensors.push(vector(`${block}.attn_q.bias`, nEmbd, bias));
       tensors.push(vector(`${block}.attn_k.bias`, nEmbdKv, bias));
@@ -236,10 +244,10 @@ export function planSynthTensors(options: SynthOptions): SynthTensor[] {
     tensors.push(vector(`${block}.ffn_norm.weight`, nEmbd, norm));
     tensors.push(matrix(`${block}.ffn_gate.weight`, nEmbd, nFf));
     tensors.push(matrix(`${block}.ffn_up.weight`, nEmbd, nFf));
-    tensors.push(matrix(`${block}.ffn_down.weight`, nFf, nEmbd, residualScale, moreBitsType(layer)));
+    tensors.push(matrix(`${block}.ffn_down.weight`, nFf, nEmbd, residualScale));
   }
   tensors.push(vector("output_norm.weight", nEmbd, norm));
-  if (!options.tiedOutput) tensors.push(matrix("output.weight", nEmbd, nVocab, 2, outputType));
+  if (!options.tiedOutput) tensors.push(matrix("output.weight", nEmbd, nVocab, 2));
   return tensors;
 }
 

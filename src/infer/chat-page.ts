@@ -1,8 +1,55 @@
-// The chat page served at GET /: one self-contained HTML file (inline CSS and script, no CDN, no build
-// step), so it works offline. It lists the models from /v1/models, streams each reply from
-// /v1/chat/completions, shows the thought folded (<details>) above the answer, and keeps the
-// conversation (also across reloads, in localStorage). Text is inserted with textContent, never as HTML.
-export const chatPageHtml = `<!doctype html>
+// The chat page served at GET /: one self-contained HTML file (inline CSS and script, no CDN), so it
+// works offline. It lists the models from /v1/models with the server's adapter preselected, streams each
+// reply from /v1/chat/completions, shows the thought folded (<details>) above the answer, and keeps the
+// conversation (also across reloads, in localStorage). The answer's markdown is rendered by marked and
+// sanitized by DOMPurify (both inlined from node_modules); everything else is inserted as text.
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import path from "node:path";
+
+export interface ChatPageSettings {
+  /** the model the page starts on: the server's (first) adapter, else the base */
+  defaultModel: string;
+  /** the server's reply limit for requests that set none */
+  maxTokens: number;
+  /** the server's thought budget; absent: 3/4 of each reply's limit */
+  thoughtBudget?: number;
+}
+
+const require = createRequire(import.meta.url);
+
+/** The folder of an installed package (its "exports" need not list the file wanted or package.json). */
+function packageFolder(packageName: string): string {
+  let dir = path.dirname(require.resolve(packageName));
+  while (!existsSync(path.join(dir, "package.json")) || JSON.parse(readFileSync(path.join(dir, "package.json"), "utf8")).name !== packageName) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error(`cannot find the folder of the package ${packageName}`);
+    dir = parent;
+  }
+  return dir;
+}
+
+/** A browser build of a package, made safe to inline in a <script> element. */
+function inlineLibrary(packageName: string, file: string): string {
+  const source = readFileSync(path.join(packageFolder(packageName), file), "utf8");
+  // "</script" would end the element early; none of the builds used has it, and a later one must not.
+  if (/<\/?script/i.test(source)) throw new Error(`${packageName}/${file} contains a script tag and cannot be inlined in the chat page`);
+  // URLs in these builds are license links and XML namespace names compared as strings, never loaded;
+  // writing "://" as ":\/\/" (the same string in JS) keeps the page free of anything that looks like a fetch.
+  return source.replaceAll("://", ":\\/\\/");
+}
+
+let libraries: string | undefined;
+
+/** JSON inside a <script>: "<" escaped so no value can close the element. */
+const scriptJson = (value: unknown): string => JSON.stringify(value).replace(/</g, "\\u003c");
+
+export function chatPageHtml(settings: ChatPageSettings): string {
+  libraries ??= [inlineLibrary("marked", "lib/marked.umd.js"), inlineLibrary("dompurify", "dist/purify.min.js")].join("\n");
+  return pageTemplate.replace("/*settings*/", () => `const settings = ${scriptJson(settings)};`).replace("/*libraries*/", () => libraries!);
+}
+
+const pageTemplate = `<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -24,6 +71,13 @@ export const chatPageHtml = `<!doctype html>
   .turn.user { border-left: 4px solid var(--accent); }
   .role { font-size: .75rem; text-transform: uppercase; letter-spacing: .05em; color: var(--muted); margin-bottom: .25rem; }
   .text { white-space: pre-wrap; word-wrap: break-word; }
+  .answer.markdown { white-space: normal; }
+  .answer.markdown > :first-child { margin-top: 0; }
+  .answer.markdown > :last-child { margin-bottom: 0; }
+  .answer.markdown pre { background: var(--bg); border: 1px solid var(--line); border-radius: 6px; padding: .5rem .7rem; overflow-x: auto; }
+  .answer.markdown code { font: .9em ui-monospace, monospace; }
+  .answer.markdown table { border-collapse: collapse; }
+  .answer.markdown th, .answer.markdown td { border: 1px solid var(--line); padding: .2rem .5rem; }
   details.thought { margin-bottom: .5rem; color: var(--muted); border-left: 2px solid var(--line); padding-left: .6rem; }
   details.thought summary { cursor: pointer; font-size: .85rem; }
   .error { color: #c92a2a; }
@@ -36,7 +90,7 @@ export const chatPageHtml = `<!doctype html>
   <h1>thinktune chat</h1>
   <label>model <select id="model" aria-label="model"></select></label>
   <label>temperature <input id="temperature" type="number" min="0" max="2" step="0.1" value="0.6" style="width:4.5rem"></label>
-  <label>max tokens <input id="max-tokens" type="number" min="1" step="1" placeholder="auto" style="width:5.5rem"></label>
+  <label>max tokens <input id="max-tokens" type="number" min="1" step="1" style="width:5.5rem"></label>
   <input id="api-key" type="password" placeholder="API key (if set)" autocomplete="off" style="width:10rem">
   <button id="new-chat" type="button">New chat</button>
 </header>
@@ -47,7 +101,11 @@ export const chatPageHtml = `<!doctype html>
   <button id="stop" type="button" disabled>Stop</button>
 </form>
 <script>
+/*libraries*/
+</script>
+<script>
 "use strict";
+/*settings*/
 const storageKey = "thinktune-chat";
 const $ = (id) => document.getElementById(id);
 const state = JSON.parse(localStorage.getItem(storageKey) || "null") || { model: "", messages: [] };
@@ -83,10 +141,17 @@ function addTurn(role) {
   return { turn, thought, summary, thoughtText, answer };
 }
 
+// The answer's markdown as sanitized HTML (DOMPurify drops scripts, event handlers and javascript: links).
+function renderAnswer(element, text) {
+  element.classList.add("markdown");
+  element.innerHTML = DOMPurify.sanitize(marked.parse(text, { gfm: true, breaks: true }));
+}
+
 function showMessage(message) {
   const view = addTurn(message.role);
   if (message.reasoning) { view.thought.hidden = false; view.thoughtText.textContent = message.reasoning; }
-  view.answer.textContent = message.content;
+  if (message.role === "assistant") renderAnswer(view.answer, message.content);
+  else view.answer.textContent = message.content;
   return view;
 }
 
@@ -108,8 +173,13 @@ async function loadModels() {
       option.textContent = model.adapter ? model.id + " (adapter)" : model.id + " (base)";
       select.append(option);
     }
-    if (body.data.some((model) => model.id === state.model)) select.value = state.model;
+    // the server's adapter first; a model picked on this page is kept while the server offers the same default
+    const picked = state.serverDefault === settings.defaultModel ? state.model : settings.defaultModel;
+    const preferred = body.data.some((model) => model.id === picked) ? picked : settings.defaultModel;
+    if (body.data.some((model) => model.id === preferred)) select.value = preferred;
     state.model = select.value;
+    state.serverDefault = settings.defaultModel;
+    save();
   } catch (error) {
     const view = addTurn("assistant");
     view.answer.className = "text error";
@@ -173,7 +243,7 @@ async function send(text) {
               view.summary.textContent = "Thought for " + ((Date.now() - started) / 1000).toFixed(1) + " s";
             }
             reply.content += delta.content;
-            view.answer.textContent = reply.content;
+            renderAnswer(view.answer, reply.content);
           }
           view.turn.scrollIntoView({ block: "end" });
         }
@@ -217,6 +287,9 @@ $("new-chat").addEventListener("click", () => {
   render();
   loadModels();
 });
+$("max-tokens").placeholder = String(settings.maxTokens);
+$("max-tokens").title = "Tokens per reply at most, thought and answer together (empty: the server's " + settings.maxTokens +
+  "). The thought is closed after " + (settings.thoughtBudget === undefined ? "3/4 of them" : settings.thoughtBudget + " tokens") + ".";
 $("api-key").value = sessionStorage.getItem(storageKey + "-key") || "";
 $("api-key").addEventListener("change", () => { sessionStorage.setItem(storageKey + "-key", $("api-key").value); loadModels(); });
 render();

@@ -6,6 +6,14 @@ import type { LlamaContextSequence, LlamaModel, Token } from "node-llama-cpp";
 import { findStop, thinkClose, ThoughtAnswerSplitter, type SplitDelta } from "./r1-stream.js";
 import type { RenderedPrompt } from "./prompt.js";
 
+/**
+ * Reply limits for chat and serve when none is given: R1 models think until they are done, which on
+ * a hard question (or a small or freshly tuned model that loops) is the whole context. Three quarters
+ * of the reply may be thought, so the answer always gets room.
+ */
+export const defaultReplyTokens = 2048;
+export const defaultThoughtBudget = (maxTokens: number): number => Math.floor((maxTokens * 3) / 4);
+
 export interface SamplingOptions {
   /** 0 = greedy */
   temperature?: number;

@@ -3,10 +3,13 @@
 // At most `parallel` generations run at once over all names; the rest wait in order (FIFO) and leave
 // the queue when their client goes away.
 import { EventEmitter } from "node:events";
+import { stat } from "node:fs/promises";
+import path from "node:path";
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel } from "node-llama-cpp";
 import { resolveAdapter, modelNameFromPath, type ResolvedAdapter } from "./adapter.js";
 import { generateOnSequence, type GenerationOptions, type GenerationResult } from "./generate.js";
 import { ChatPromptRenderer, ChatTemplateError, type ChatMessage } from "./prompt.js";
+import { FreeCoreMeter } from "./threads.js";
 
 export interface ModelHostOptions {
   /** the base model GGUF */
@@ -19,7 +22,7 @@ export interface ModelHostOptions {
   contextSize?: number;
   /** generations at once; more wait in a queue */
   parallel?: number;
-  /** CPU threads for evaluation; 0 or absent = node-llama-cpp's default */
+  /** CPU threads for evaluation; 0 or absent = the cores free when each generation starts (measured) */
   threads?: number;
 }
 
@@ -109,6 +112,21 @@ interface Slot {
   freeSequences: LlamaContextSequence[];
 }
 
+/** llama.cpp's own error for a missing file is a bare ENOENT; say which file and what is expected. */
+async function checkModelFile(modelPath: string): Promise<void> {
+  const stats = await stat(modelPath).catch(() => undefined);
+  if (!stats) throw new ModelFileError(`the model ${modelPath} does not exist (resolved as ${path.resolve(modelPath)}); give the path of a model GGUF`);
+  if (!stats.isFile()) throw new ModelFileError(`the model ${modelPath} is not a file; give the path of a model GGUF`);
+}
+
+export class ModelFileError extends Error {
+  readonly code = "MODEL_NOT_FOUND";
+  constructor(message: string) {
+    super(message);
+    this.name = "ModelFileError";
+  }
+}
+
 export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> {
   readonly llama: Llama;
   readonly model: LlamaModel;
@@ -116,7 +134,9 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
   readonly renderer: ChatPromptRenderer;
   readonly parallel: number;
   readonly #contextSize: number | { max: number };
-  readonly #threads: number | undefined;
+  readonly #threads: number;
+  /** absent when the threads were given */
+  readonly #freeCores: FreeCoreMeter | undefined;
   readonly #slots = new Map<string, Slot>();
   readonly #semaphore: Semaphore;
   #active = 0;
@@ -130,7 +150,11 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
     this.renderer = renderer;
     this.parallel = options.parallel ?? 1;
     this.#contextSize = options.contextSize ?? { max: 8192 };
-    this.#threads = options.threads || undefined;
+    // Contexts ask for every math core; before each generation the llama instance's limit is set to
+    // the cores free then, and llama.cpp's thread splitter gives each evaluation at most that.
+    this.#threads = options.threads || llama.cpuMathCores;
+    this.#freeCores = options.threads ? undefined : new FreeCoreMeter(llama.cpuMathCores);
+    llama.maxThreads = this.#threads;
     this.#semaphore = new Semaphore(this.parallel);
     for (const entry of served) this.#slots.set(entry.id, { served: entry, freeSequences: [] });
   }
@@ -138,6 +162,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
   static async load(options: ModelHostOptions): Promise<ModelHost> {
     const parallel = options.parallel ?? 1;
     if (!Number.isInteger(parallel) || parallel < 1) throw new RangeError(`parallel must be a whole number of at least 1, got ${parallel}`);
+    await checkModelFile(options.modelPath);
     const baseId = modelNameFromPath(options.modelPath);
     const adapters: ResolvedAdapter[] = [];
     try {
@@ -150,7 +175,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
         }
         adapters.push(adapter);
       }
-      const llama = await getLlama({ gpu: options.gpu ?? "auto", build: "never", logLevel: LlamaLogLevel.error });
+      const llama = await getLlama({ gpu: options.gpu ?? "auto", build: "never", logLevel: LlamaLogLevel.error, maxThreads: options.threads || undefined });
       const model = await llama.loadModel({ modelPath: options.modelPath });
       const template = model.fileInfo.metadata?.tokenizer?.chat_template;
       if (typeof template !== "string" || template.trim() === "") {
@@ -180,6 +205,11 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
     return this.models[0].id;
   }
 
+  /** CPU threads generations may use now: the number given, or the free cores last measured */
+  get threads(): number {
+    return this.llama.maxThreads;
+  }
+
   /** generations running now */
   get active(): number {
     return this.#active;
@@ -205,6 +235,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
     const release = await this.#semaphore.acquire(options.signal);
     let sequence: LlamaContextSequence | undefined;
     try {
+      if (this.#freeCores) this.llama.maxThreads = await this.#freeCores.measure();
       sequence = await this.#takeSequence(slot);
       this.#active++;
       const started = performance.now();

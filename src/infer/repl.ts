@@ -109,7 +109,15 @@ async function reply(session: ChatSession, text: string, signal: AbortSignal, op
   }
   if (thoughtOpen) thoughtOutput.write(interactive ? `${undim}\n` : "\n");
   if (answerStarted || !interactive) output.write("\n");
-  if (interactive && result.finishReason === "length") output.write(`${dim}[stopped at the token limit]${undim}\n`);
+  if (result.finishReason === "length") {
+    const limit = options.generation?.maxTokens;
+    const note =
+      limit !== undefined && result.completionTokens >= limit
+        ? `[the reply stopped at its limit of ${limit} tokens; --max-tokens raises it]`
+        : "[the reply stopped: the context is full; /reset starts over, --ctx-size makes it larger]";
+    if (interactive) output.write(`${dim}${note}${undim}\n`);
+    else options.errorOutput.write(`${note}\n`);
+  }
   if (interactive && result.finishReason === "abort") output.write(`${dim}[stopped]${undim}\n`);
 }
 

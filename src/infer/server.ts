@@ -6,7 +6,7 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { chatPageHtml } from "./chat-page.js";
-import { ContextLengthError, type GenerationOptions, type GenerationResult } from "./generate.js";
+import { ContextLengthError, defaultReplyTokens, defaultThoughtBudget, type GenerationOptions, type GenerationResult } from "./generate.js";
 import { ModelHost, QueueAbortedError, UnknownModelError, type ModelHostOptions } from "./models.js";
 import { ChatTemplateError } from "./prompt.js";
 import { chatCompletionRequestSchema, describeIssue, toChatMessages, type ChatCompletionRequest } from "./openai-schema.js";
@@ -15,7 +15,7 @@ export interface ChatServerOptions {
   host: ModelHost;
   /** when set, /v1/* requires `Authorization: Bearer <apiKey>` */
   apiKey?: string;
-  /** used when a request does not say */
+  /** used when a request does not say; maxTokens defaults to defaultReplyTokens, thoughtBudget to 3/4 of the request's max tokens */
   defaults?: { maxTokens?: number; thoughtBudget?: number; temperature?: number };
   /** request bodies larger than this are refused with 413 */
   maxBodyBytes?: number;
@@ -76,12 +76,18 @@ export class ChatServer {
   readonly #defaults: NonNullable<ChatServerOptions["defaults"]>;
   readonly #maxBodyBytes: number;
   readonly #created = Math.floor(Date.now() / 1000);
+  readonly #pageHtml: string;
 
   constructor(options: ChatServerOptions) {
     this.host = options.host;
     this.#apiKeyDigest = options.apiKey ? digest(options.apiKey) : undefined;
     this.#defaults = options.defaults ?? {};
     this.#maxBodyBytes = options.maxBodyBytes ?? 8 * 1024 * 1024;
+    this.#pageHtml = chatPageHtml({
+      defaultModel: this.host.models.find((model) => model.adapter)?.id ?? this.host.baseId,
+      maxTokens: this.#defaults.maxTokens ?? defaultReplyTokens,
+      thoughtBudget: this.#defaults.thoughtBudget,
+    });
     this.server = http.createServer((req, res) => {
       this.#handle(req, res).catch((error: unknown) => {
         const httpError = toHttpError(error);
@@ -139,8 +145,8 @@ export class ChatServer {
         methods: ["GET", "HEAD"],
         api: false,
         run: async (_req, res) => {
-          res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache", "content-length": Buffer.byteLength(chatPageHtml) });
-          res.end(_req.method === "HEAD" ? undefined : chatPageHtml);
+          res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-cache", "content-length": Buffer.byteLength(this.#pageHtml) });
+          res.end(_req.method === "HEAD" ? undefined : this.#pageHtml);
         },
       };
     }
@@ -214,9 +220,10 @@ export class ChatServer {
     });
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const created = Math.floor(Date.now() / 1000);
+    const maxTokens = request.max_completion_tokens ?? request.max_tokens ?? this.#defaults.maxTokens ?? defaultReplyTokens;
     const options: GenerationOptions = {
-      maxTokens: request.max_completion_tokens ?? request.max_tokens ?? this.#defaults.maxTokens,
-      thoughtBudget: request.max_reasoning_tokens ?? this.#defaults.thoughtBudget,
+      maxTokens,
+      thoughtBudget: request.max_reasoning_tokens ?? this.#defaults.thoughtBudget ?? defaultThoughtBudget(maxTokens),
       temperature: request.temperature ?? this.#defaults.temperature ?? 0.6,
       topP: request.top_p ?? undefined,
       topK: request.top_k ?? undefined,
