@@ -4,6 +4,7 @@
 // "\n</think>\n\n" + answer + the template's end of turn; loss from the first completion token. Earlier
 // assistant turns keep only their answers, exactly as inference renders them.
 import path from "node:path";
+import { checkModelFile } from "../gguf/model-check.js";
 import { readGgufModel } from "../gguf/read.js";
 import { cacheFilePath, cacheKey, hashBytes, readCache, writeCache } from "./cache.js";
 import { DataError, type DataIssue, type DataIssueKind } from "./errors.js";
@@ -54,12 +55,15 @@ interface PendingExample {
 interface ModelVocabulary {
   chatTemplate?: string;
   tokenTexts: TokenTexts;
+  /** UTF-8 bytes of the longest token text: no token covers more of the text than that */
+  longestTokenBytes: number;
   /** hash of every tokenizer.* key: tokens, merges, types, special ids, pre-tokenizer, template */
   hash: string;
 }
 
 async function readVocabulary(modelPath: string): Promise<ModelVocabulary> {
   const file = await readGgufModel(modelPath);
+  await checkModelFile(file);
   const tokenizerEntries = Object.entries(file.metadata)
     .filter(([key]) => key.startsWith("tokenizer."))
     .sort(([a], [b]) => (a < b ? -1 : 1));
@@ -72,6 +76,7 @@ async function readVocabulary(modelPath: string): Promise<ModelVocabulary> {
   return {
     chatTemplate: typeof template === "string" ? template : undefined,
     tokenTexts: { bos: tokenText("tokenizer.ggml.bos_token_id"), eos: tokenText("tokenizer.ggml.eos_token_id") },
+    longestTokenBytes: Array.isArray(tokens) ? tokens.reduce((longest: number, token) => Math.max(longest, Buffer.byteLength(String(token))), 1) : 1,
     hash: hashBytes(JSON.stringify(tokenizerEntries, (_key, value: unknown) => (typeof value === "bigint" ? value.toString() : value))),
   };
 }
@@ -204,12 +209,23 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
     }
   }
 
+  // an example with more bytes than maxLength of the longest tokens is too long whatever its tokens are:
+  // dropped without tokenizing or checking it (a 50 MB record took a minute and gigabytes to tokenize)
+  const certainlyTooLong = new Map<PendingExample, number>();
+  if (!options.truncate) {
+    for (const example of pending) {
+      const bytes = Buffer.byteLength(partsToText([...example.promptParts, ...example.reasoningParts, ...example.answerParts], vocabulary.tokenTexts));
+      const atLeastTokens = Math.ceil(bytes / vocabulary.longestTokenBytes);
+      if (atLeastTokens > options.maxLength) certainlyTooLong.set(example, atLeastTokens);
+    }
+  }
   // text-level warnings
   const seen = new Map<string, string>();
   const warn = (example: PendingExample, kind: DataIssueKind, message: string): void => {
     warnings.push(issueAt(example, kind, message));
   };
   for (const example of pending) {
+    if (certainlyTooLong.has(example)) continue;
     if (example.reasoning !== undefined) {
       const loop = loopingReason(example.reasoning);
       if (loop) warn(example, "looping-reasoning", loop);
@@ -228,7 +244,7 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
   const tokenizer = inspect.tokenizer ?? (pending.length > 0 ? await loadPartTokenizer(modelPath) : undefined);
   let tokenized;
   try {
-    tokenized = pending.map((example) => {
+    tokenized = pending.filter((example) => !certainlyTooLong.has(example)).map((example) => {
       const prompt = tokenizer!.tokenizePrompt(example.promptParts);
       const completion = tokenizer!.tokenizeCompletion(partsToText([...example.reasoningParts, ...example.answerParts], vocabulary.tokenTexts));
       const reasoningTokens = example.reasoning === undefined ? 0 : tokenizer!.countTokens(example.reasoning);
@@ -270,10 +286,16 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
   let tooLong = 0;
   let truncated = 0;
   let longest = 0;
+  let longestIsLowerBound = false;
+  for (const [example, atLeastTokens] of certainlyTooLong) {
+    if (invalidRecords.has(`${example.file}:${example.line}`)) continue;
+    tooLong++;
+    if (atLeastTokens > longest) [longest, longestIsLowerBound] = [atLeastTokens, true];
+  }
   for (const { example, prompt, completion, reasoningTokens, answerTokens } of tokenized) {
     if (invalidRecords.has(`${example.file}:${example.line}`)) continue;
     let tokens = [...prompt, ...completion];
-    longest = Math.max(longest, tokens.length);
+    if (tokens.length > longest) [longest, longestIsLowerBound] = [tokens.length, false];
     if (tokens.length > options.maxLength) {
       tooLong++;
       if (!options.truncate || prompt.length >= options.maxLength) continue;
@@ -328,7 +350,7 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
       validation: countTokens(validation),
       trainedTrain: train.reduce((sum, example) => sum + example.tokens.length - example.lossFrom, 0),
     },
-    dropped: { invalid: invalidRecords.size, tooLong, truncated, longest, lengthToKeepAll: longest, maxLength: options.maxLength },
+    dropped: { invalid: invalidRecords.size, tooLong, truncated, longest, longestIsLowerBound, lengthToKeepAll: longest, maxLength: options.maxLength },
     errorCount: errors.length,
     errors: errors.slice(0, options.maxReportedIssues),
     warningCount: warnings.length,

@@ -32,6 +32,11 @@ export interface DataReport {
     truncated: number;
     /** token length of the longest example (0 when none) */
     longest: number;
+    /**
+     * longest (and lengthToKeepAll) is a lower bound: an example that is certainly longer than maxLength
+     * (more bytes than maxLength tokens of the vocabulary's longest token) is dropped without tokenizing it
+     */
+    longestIsLowerBound: boolean;
     /** the maxLength that would keep every example */
     lengthToKeepAll: number;
     maxLength: number;

@@ -4,6 +4,8 @@
 // the queue when their client goes away.
 import { EventEmitter } from "node:events";
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel } from "node-llama-cpp";
+import { checkModelFile } from "../gguf/model-check.js";
+import { readGgufModel } from "../gguf/read.js";
 import { resolveAdapter, modelNameFromPath, type ResolvedAdapter } from "./adapter.js";
 import { generateOnSequence, type GenerationOptions, type GenerationResult } from "./generate.js";
 import { ChatPromptRenderer, ChatTemplateError, type ChatMessage } from "./prompt.js";
@@ -150,6 +152,8 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
         }
         adapters.push(adapter);
       }
+      // llama.cpp trusts the file more than thinktune does: check it first
+      await checkModelFile(await readGgufModel(options.modelPath));
       const llama = await getLlama({ gpu: options.gpu ?? "auto", build: "never", logLevel: LlamaLogLevel.error });
       const model = await llama.loadModel({ modelPath: options.modelPath });
       const template = model.fileInfo.metadata?.tokenizer?.chat_template;

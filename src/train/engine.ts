@@ -2,8 +2,7 @@
 // addon off the JS thread. Options are validated here (zod); the native side gets a plain config.
 import os from "node:os";
 import { z } from "zod";
-import { modelConfigFromGguf } from "../gguf/model-config.js";
-import { readGgufModel } from "../gguf/read.js";
+import { readCheckedModel } from "../gguf/model-check.js";
 import {
   loadNativeAddon,
   type LoraTarget,
@@ -130,8 +129,7 @@ export class Engine {
   static async load(path: string, options: EngineOptions = {}): Promise<Engine> {
     const parsed = engineOptionsSchema.safeParse(options);
     if (!parsed.success) throw new EngineError(`Invalid engine options: ${formatIssues(parsed.error)}`);
-    const file = await readGgufModel(path);
-    const config = modelConfigFromGguf(file);
+    const { file, config } = await readCheckedModel(path);
     const maxTokens = parsed.data.maxTokens ?? Math.min(2048, config.contextLength);
     if (maxTokens > config.contextLength) {
       throw new EngineError(`Invalid engine options: maxTokens ${maxTokens} exceeds the context length ${config.contextLength} of ${path}`);
