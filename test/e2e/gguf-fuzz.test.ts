@@ -1,6 +1,6 @@
 // Seeded mutation fuzzing of models/tiny-r1.gguf: every variant given to inspect and Engine.load (in child
-// processes) is accepted by both or refused by both with one line naming what is wrong and where; none
-// crashes the process or stalls it. THINKTUNE_FUZZ_SEED and THINKTUNE_FUZZ_COUNT pick the variants (a
+// processes) is accepted by both (and then by llama.cpp's vocab-only load, as data check and serve do) or
+// refused by both with one line naming what is wrong and where; none crashes the process or stalls it. THINKTUNE_FUZZ_SEED and THINKTUNE_FUZZ_COUNT pick the variants (a
 // failure report names the seed and the variant, which reproduces it).
 import { fork, type ChildProcess } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -13,7 +13,7 @@ import type { FuzzOutcome, FuzzReply } from "../helpers/gguf-fuzz-worker.js";
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 const seed = Number(process.env.THINKTUNE_FUZZ_SEED ?? 20261201);
-const count = Number(process.env.THINKTUNE_FUZZ_COUNT ?? 400);
+const count = Number(process.env.THINKTUNE_FUZZ_COUNT ?? 500);
 const workers = 2;
 /** a variant that takes longer than this has hung (one takes well under a second) */
 const hangMs = 30_000;
@@ -105,7 +105,7 @@ async function runVariants(): Promise<VariantResult[]> {
 }
 
 describe(`GGUF mutation fuzzing (seed ${seed}, ${count} variants)`, () => {
-  it("never crashes or stalls, and every refusal names what is wrong; inspect and Engine.load agree", { timeout: 60_000 + count * 2_000 }, async () => {
+  it("never crashes or stalls, and every refusal names what is wrong; inspect, Engine.load and llama.cpp agree", { timeout: 60_000 + count * 2_000 }, async () => {
     const started = performance.now();
     const results = await runVariants();
     const describe = (result: VariantResult) => `variant ${result.index} (${result.mutations.join("; ")})`;
@@ -117,6 +117,9 @@ describe(`GGUF mutation fuzzing (seed ${seed}, ${count} variants)`, () => {
     const unclearRefusals = results
       .filter((result) => unclear(result, result.reply?.inspect) || unclear(result, result.reply?.load))
       .map((result) => `${describe(result)}: inspect: ${result.reply!.inspect.message ?? "ok"} / load: ${result.reply!.load.message ?? "ok"}`);
+    const tokenizerFailures = results
+      .filter((result) => result.reply?.tokenizer && !result.reply.tokenizer.ok)
+      .map((result) => `${describe(result)}: inspect accepts it, llama.cpp's vocab-only load refuses it (${result.reply!.tokenizer!.message})`);
     const disagreements = results
       .filter((result) => result.reply && result.reply.inspect.ok !== result.reply.load.ok)
       .map((result) => `${describe(result)}: inspect ${result.reply!.inspect.ok ? "accepts" : `refuses (${result.reply!.inspect.message})`}, Engine.load ${result.reply!.load.ok ? "accepts" : `refuses (${result.reply!.load.message})`}`);
@@ -124,6 +127,7 @@ describe(`GGUF mutation fuzzing (seed ${seed}, ${count} variants)`, () => {
     console.log(
       `gguf fuzz: seed ${seed}, ${results.length} variants, ${refused} refused, ${results.length - refused - crashes.length - hangs.length} accepted, ` +
         `${crashes.length} crashes, ${hangs.length} hangs, ${unclearRefusals.length} unclear refusals, ${disagreements.length} disagreements, ` +
+        `${tokenizerFailures.length} refused by llama.cpp after inspect, ` +
         `${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
     expect(results).toHaveLength(count);
@@ -131,6 +135,7 @@ describe(`GGUF mutation fuzzing (seed ${seed}, ${count} variants)`, () => {
     expect(hangs).toEqual([]);
     expect(unclearRefusals).toEqual([]);
     expect(disagreements).toEqual([]);
+    expect(tokenizerFailures).toEqual([]);
     // the mutations reach the checks: most variants are refused, and some are not (text changes in tokens)
     expect(refused).toBeGreaterThan(count / 2);
   });
