@@ -52,6 +52,9 @@ interface PendingExample {
   answer: string;
 }
 
+/** An example this large (hundreds of thousands of tokens) is not tokenized when it cannot fit maxLength. */
+const hugeExampleBytes = 1 << 20;
+
 interface ModelVocabulary {
   chatTemplate?: string;
   tokenTexts: TokenTexts;
@@ -209,14 +212,15 @@ export async function inspectTrainingData(modelPath: string, dataOptions: DataOp
     }
   }
 
-  // an example with more bytes than maxLength of the longest tokens is too long whatever its tokens are:
-  // dropped without tokenizing or checking it (a 50 MB record took a minute and gigabytes to tokenize)
+  // A huge example with more bytes than maxLength of the longest tokens is too long whatever its tokens are:
+  // dropped without tokenizing or checking it (a 50 MB record took a minute and gigabytes to tokenize).
+  // Smaller ones are tokenized, so the report's longest length stays exact for real data.
   const certainlyTooLong = new Map<PendingExample, number>();
   if (!options.truncate) {
     for (const example of pending) {
       const bytes = Buffer.byteLength(partsToText([...example.promptParts, ...example.reasoningParts, ...example.answerParts], vocabulary.tokenTexts));
       const atLeastTokens = Math.ceil(bytes / vocabulary.longestTokenBytes);
-      if (atLeastTokens > options.maxLength) certainlyTooLong.set(example, atLeastTokens);
+      if (bytes >= hugeExampleBytes && atLeastTokens > options.maxLength) certainlyTooLong.set(example, atLeastTokens);
     }
   }
   // text-level warnings

@@ -1,4 +1,5 @@
 // Reads training data files: JSONL or JSON arrays, gzip or not, or folders of them; every record keeps its line.
+import { isUtf8 } from "node:buffer";
 import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -143,7 +144,7 @@ function parseRecords(file: DataFile): { records: DataRecord[]; issues: DataIssu
   const bytes = decompress(file);
   const records: DataRecord[] = [];
   const issues: DataIssue[] = [];
-  const badAt = firstInvalidUtf8(bytes);
+  const badAt = isUtf8(bytes) ? -1 : firstInvalidUtf8(bytes);
   if (badAt >= 0 && isJsonArray(bytes)) {
     // one JSON value: none of it can be read
     const lineStart = badAt === 0 ? 0 : bytes.lastIndexOf(0x0a, badAt - 1) + 1;

@@ -33,8 +33,8 @@ export interface DataReport {
     /** token length of the longest example (0 when none) */
     longest: number;
     /**
-     * longest (and lengthToKeepAll) is a lower bound: an example that is certainly longer than maxLength
-     * (more bytes than maxLength tokens of the vocabulary's longest token) is dropped without tokenizing it
+     * longest (and lengthToKeepAll) is a lower bound: a huge example (1 MiB or more) that is certainly longer
+     * than maxLength (more bytes than maxLength of the vocabulary's longest token) is dropped untokenized
      */
     longestIsLowerBound: boolean;
     /** the maxLength that would keep every example */
