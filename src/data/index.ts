@@ -4,7 +4,7 @@
 // "\n</think>\n\n" + answer + the template's end of turn; loss from the first completion token. Earlier
 // assistant turns keep only their answers, exactly as inference renders them.
 import path from "node:path";
-import { checkModelFile } from "../gguf/model-check.js";
+import { checkModelFile, checkVocabulary } from "../gguf/model-check.js";
 import { readGgufModel } from "../gguf/read.js";
 import { cacheFilePath, cacheKey, hashBytes, readCache, writeCache } from "./cache.js";
 import { DataError, type DataIssue, type DataIssueKind } from "./errors.js";
@@ -66,7 +66,9 @@ interface ModelVocabulary {
 
 async function readVocabulary(modelPath: string): Promise<ModelVocabulary> {
   const file = await readGgufModel(modelPath);
-  await checkModelFile(file);
+  // a vocab-only GGUF (no tensors) is enough to prepare data; a model file gets the whole check
+  if (file.tensors.length === 0) checkVocabulary(file);
+  else await checkModelFile(file);
   const tokenizerEntries = Object.entries(file.metadata)
     .filter(([key]) => key.startsWith("tokenizer."))
     .sort(([a], [b]) => (a < b ? -1 : 1));

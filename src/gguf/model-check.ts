@@ -83,7 +83,11 @@ function checkHyperparameters(file: GgufModelFile, config: NativeModelConfig): v
   }
 }
 
-function checkVocabulary(file: GgufModelFile, config: NativeModelConfig): void {
+/**
+ * The tokenizer metadata on its own: what data preparation reads, and all that a vocab-only GGUF (no
+ * tensors, as llama.cpp ships for its tokenizer tests) holds. Returns the vocabulary size.
+ */
+export function checkVocabulary(file: GgufModelFile): number {
   const fail = (message: string): never => {
     throw new GgufError(`${file.path}: ${message}; ${corruptAdvice}`, file.path);
   };
@@ -91,9 +95,7 @@ function checkVocabulary(file: GgufModelFile, config: NativeModelConfig): void {
   if (!Array.isArray(tokens)) fail(`metadata tokenizer.ggml.tokens is ${tokens === undefined ? "missing" : "not an array"}; thinktune tokenizes with the model's own vocabulary`);
   const tokenList = tokens as unknown[];
   if (!tokenList.every((token) => typeof token === "string")) fail("metadata tokenizer.ggml.tokens holds values that are not strings");
-  if (tokenList.length !== config.nVocab) {
-    fail(`metadata tokenizer.ggml.tokens has ${tokenList.length} tokens but token_embd.weight has rows for ${config.nVocab}`);
-  }
+  const nVocab = tokenList.length;
   if (typeof file.metadata["tokenizer.ggml.model"] !== "string") fail("metadata tokenizer.ggml.model (the tokenizer kind, e.g. gpt2) is missing or not a string");
   for (const [key, elementKind] of [
     ["tokenizer.ggml.token_type", "number"],
@@ -110,10 +112,11 @@ function checkVocabulary(file: GgufModelFile, config: NativeModelConfig): void {
   for (const [role, key] of specialTokenKeys) {
     const id = file.metadata[key];
     if (id === undefined) continue;
-    if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= config.nVocab) {
-      fail(`metadata ${key} (the ${role} token) is ${String(id)}, outside the vocabulary [0, ${config.nVocab})`);
+    if (typeof id !== "number" || !Number.isInteger(id) || id < 0 || id >= nVocab) {
+      fail(`metadata ${key} (the ${role} token) is ${String(id)}, outside the vocabulary [0, ${nVocab})`);
     }
   }
+  return nVocab;
 }
 
 /** Every tensor the architecture has, by name, with the shape the config implies (ggml order). */
@@ -170,8 +173,9 @@ function checkTensorSet(file: GgufModelFile, config: NativeModelConfig): void {
   const expected = expectedTensors(config, new Set(present.keys()));
   for (const tensor of file.tensors) {
     if (expected.has(tensor.name)) continue;
-    const why = /\.attn_[qkv]\.bias$/.test(tensor.name) ? " (blk.0 has no Q/K/V biases, so no block may have them)" : "";
-    fail(`tensor ${tensor.name} is not part of a ${config.arch} model${why}; llama.cpp refuses files with tensors it does not know, and so does thinktune (${corruptAdvice})`);
+    const why = !config.hasQkvBias && /\.attn_[qkv]\.bias$/.test(tensor.name) ? " (blk.0 has no Q/K/V biases, so no block may have them)" : "";
+    // the name is quoted: it may hold any bytes
+    fail(`tensor ${JSON.stringify(tensor.name)} is not part of a ${config.arch} model${why}; llama.cpp refuses files with tensors it does not know, and so does thinktune (${corruptAdvice})`);
   }
   for (const [name, want] of expected) {
     const tensor = present.get(name);
@@ -225,7 +229,10 @@ export async function checkModelFile(file: GgufModelFile): Promise<ModelCheck> {
   if (!(supportedArchitectures as readonly string[]).includes(architecture)) return { config: undefined, notes };
   const config = modelConfigFromGguf(file);
   checkHyperparameters(file, config);
-  checkVocabulary(file, config);
+  const nTokens = checkVocabulary(file);
+  if (nTokens !== config.nVocab) {
+    throw new GgufError(`${file.path}: metadata tokenizer.ggml.tokens has ${nTokens} tokens but token_embd.weight has rows for ${config.nVocab}; ${corruptAdvice}`, file.path);
+  }
   checkTensorSet(file, config);
   checkDataLayout(file);
   if (config.tiedOutput) notes.push("no output.weight: the output layer is tied to token_embd.weight, as llama.cpp does for such files");

@@ -22,7 +22,7 @@ const hangMs = 30_000;
 function namesWhatIsWrong(message: string, file: string): boolean {
   if (message.includes("\n") || !message.includes(file)) return false;
   if (/undefined|\[object|bad_alloc|Cannot read propert|is not a function|Invalid array length|Maximum call stack/.test(message)) return false;
-  return /byte \d+|tensor [\w.]+|metadata "?[\w.]+|key "[\w.]+"|GGUF version \d+|not a GGUF file|alignment/.test(message);
+  return /byte \d+|tensor "|tensor [\w.]+|metadata "?[\w.]+|key "[\w.]+"|GGUF version \d+|not a GGUF file|alignment/.test(message);
 }
 
 interface VariantResult {

@@ -3,18 +3,7 @@
 // names), some at random header bytes, some a truncation. The fuzz test runs `inspect` and Engine.load on
 // each variant in child processes (gguf-fuzz-worker.ts) and counts crashes, hangs and unclear refusals.
 import { walkGgufHeader, type GgufHeaderField } from "../../src/gguf/header.js";
-
-/** mulberry32: small, seedable, the same sequence everywhere. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { random as seededRandom } from "../native/engine-fixtures.js";
 
 export interface GgufVariant {
   index: number;
