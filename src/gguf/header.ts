@@ -184,7 +184,10 @@ export async function walkGgufHeader(file: string, fileSize: number, options: Wa
     for (let entry = 0; entry < Number(metadataCount); entry++) {
       const entryAt = cursor.position;
       const keyLength = await stringLength(`the key of metadata entry ${entry}`, maxKeyBytes, "a GGUF key may have");
-      const key = (await cursor.bytes(keyLength, `the key of metadata entry ${entry}`)).toString("utf8");
+      const keyBytes = await cursor.bytes(keyLength, `the key of metadata entry ${entry}`);
+      // llama.cpp aborts on an empty key, and reads a key as a C string (GGML_ASSERT in gguf.cpp)
+      if (keyLength === 0 || keyBytes.includes(0)) fail(`metadata entry ${entry} at byte ${entryAt} has ${keyLength === 0 ? "an empty key" : "a key with a NUL byte"}`);
+      const key = keyBytes.toString("utf8");
       const owner = `metadata ${quoted(key)}`;
       const earlier = keysSeen.get(key);
       if (earlier !== undefined) fail(`metadata key ${quoted(key)} appears twice (entries at bytes ${earlier} and ${entryAt})`);
@@ -234,7 +237,11 @@ export async function walkGgufHeader(file: string, fileSize: number, options: Wa
 
     for (let index = 0; index < Number(tensorCount); index++) {
       const nameLength = await stringLength(`the name of tensor info ${index}`, maxTensorNameBytes, "a ggml tensor name may have");
-      const name = (await cursor.bytes(nameLength, `the name of tensor info ${index}`)).toString("utf8");
+      const nameAt = cursor.position;
+      const nameBytes = await cursor.bytes(nameLength, `the name of tensor info ${index}`);
+      // ggml keeps names as C strings: an empty one, or one with a NUL byte, is not the name the file says
+      if (nameLength === 0 || nameBytes.includes(0)) fail(`tensor info ${index} at byte ${nameAt - 8} has ${nameLength === 0 ? "an empty name" : "a name with a NUL byte"}`);
+      const name = nameBytes.toString("utf8");
       const owner = `tensor ${quoted(name)}`;
       const nDimsAt = cursor.position;
       onField({ offset: nDimsAt, bytes: 4, kind: "n_dims", owner });

@@ -72,7 +72,7 @@ function checkHyperparameters(file: GgufModelFile, config: NativeModelConfig): v
   if (valueLength !== undefined && Number(valueLength) !== config.headDim) {
     fail(`metadata ${arch}.attention.value_length is ${String(valueLength)} but the key length is ${config.headDim}; thinktune's attention needs them equal`);
   }
-  if (config.headDim % 2 !== 0) fail(`the head size ${config.headDim} is odd; RoPE needs an even head size`);
+  if (config.headDim % 2 !== 0) fail(`metadata ${arch}.embedding_length ${config.nEmbd} and ${arch}.attention.head_count ${config.nHead} give an odd head size ${config.headDim}; RoPE needs an even head size`);
   const ranged: [string, number, readonly [number, number]][] = [
     [`${arch}.context_length`, config.contextLength, contextLengthRange],
     [`${arch}.attention.layer_norm_rms_epsilon`, config.rmsEps, rmsEpsRange],
@@ -96,7 +96,19 @@ export function checkVocabulary(file: GgufModelFile): number {
   const tokenList = tokens as unknown[];
   if (!tokenList.every((token) => typeof token === "string")) fail("metadata tokenizer.ggml.tokens holds values that are not strings");
   const nVocab = tokenList.length;
-  if (typeof file.metadata["tokenizer.ggml.model"] !== "string") fail("metadata tokenizer.ggml.model (the tokenizer kind, e.g. gpt2) is missing or not a string");
+  // llama.cpp aborts on a vocabulary with a token twice (GGML_ASSERT in llama-vocab.cpp)
+  const firstId = new Map<unknown, number>();
+  tokenList.forEach((token, id) => {
+    const earlier = firstId.get(token);
+    if (earlier !== undefined) fail(`metadata tokenizer.ggml.tokens holds the token ${JSON.stringify(token)} twice (ids ${earlier} and ${id})`);
+    firstId.set(token, id);
+  });
+  const tokenizerModel = file.metadata["tokenizer.ggml.model"];
+  if (tokenizerModel !== "gpt2" && tokenizerModel !== "llama") {
+    fail(`metadata tokenizer.ggml.model is ${JSON.stringify(tokenizerModel)}; thinktune reads "gpt2" (BPE) and "llama" (SentencePiece) vocabularies, as the Qwen and Llama distills have`);
+  }
+  // llama.cpp cannot load a BPE vocabulary without its merges
+  if (tokenizerModel === "gpt2" && file.metadata["tokenizer.ggml.merges"] === undefined) fail("metadata tokenizer.ggml.merges is missing; a gpt2 (BPE) vocabulary needs its merges");
   for (const [key, elementKind] of [
     ["tokenizer.ggml.token_type", "number"],
     ["tokenizer.ggml.scores", "number"],

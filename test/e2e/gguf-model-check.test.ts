@@ -82,6 +82,10 @@ describe("corrupt GGUF headers (issue 15, case 1)", () => {
     ["n_dims 0", () => [setU32(tensor("blk.0.attn_q.weight"), "n_dims", 0)], /tensor "blk\.0\.attn_q\.weight" at byte \d+ has n_dims 0; a ggml tensor has 1 to 4 dimensions/],
     ["block_count 2^31", () => [setU32(meta("qwen2.block_count"), "value", 2 ** 31)], /metadata qwen2\.block_count is 2147483648 but the file holds blocks 0 to 3/],
     ["embedding_length 2^31", () => [setU32(meta("qwen2.embedding_length"), "value", 2 ** 31)], /tensor token_embd\.weight has dims \[256, 1280\] but the model's config needs \[2147483648, 1280\]/],
+    // found by the long fuzz run: each aborted llama.cpp's vocabulary load (data check, serve)
+    ["a metadata key starting with a NUL byte", () => [(bytes) => (bytes[field("the key of metadata entry 1", "length").offset + 8] = 0)], /metadata entry 1 at byte \d+ has a key with a NUL byte/],
+    ["a token listed twice", () => [(bytes) => (bytes[field(`${meta("tokenizer.ggml.tokens")}[1]`, "length").offset + 9] = 0x80)], /metadata tokenizer\.ggml\.tokens holds the token "Ā" twice \(ids 0 and 1\)/],
+    ["a BPE vocabulary without its merges", () => [(bytes) => (bytes[bytes.indexOf("tokenizer.ggml.merges")] = 0x78)], /metadata tokenizer\.ggml\.merges is missing; a gpt2 \(BPE\) vocabulary needs its merges/],
   ];
   refusalTests(cases);
 
