@@ -105,7 +105,7 @@ export function checkVocabulary(file: GgufModelFile): number {
   });
   const tokenizerModel = file.metadata["tokenizer.ggml.model"];
   if (tokenizerModel !== "gpt2" && tokenizerModel !== "llama") {
-    fail(`metadata tokenizer.ggml.model is ${JSON.stringify(tokenizerModel)}; thinktune reads "gpt2" (BPE) and "llama" (SentencePiece) vocabularies, as the Qwen and Llama distills have`);
+    fail(`metadata tokenizer.ggml.model is ${tokenizerModel === undefined ? "missing" : JSON.stringify(tokenizerModel)}; thinktune reads "gpt2" (BPE) and "llama" (SentencePiece) vocabularies, as the Qwen and Llama distills have`);
   }
   // llama.cpp cannot load a BPE vocabulary without its merges
   if (tokenizerModel === "gpt2" && file.metadata["tokenizer.ggml.merges"] === undefined) fail("metadata tokenizer.ggml.merges is missing; a gpt2 (BPE) vocabulary needs its merges");
