@@ -2,7 +2,9 @@
 export { loadNativeAddon, GgmlType, nativeErrorCode } from "./native/addon.js";
 export type { NativeModelConfig, LoraTarget, NamedTensor, NativeErrorCode } from "./native/addon.js";
 export { readGgufModel, GgufError } from "./gguf/read.js";
-export type { GgufModelFile, GgufTensor, ReadGgufOptions } from "./gguf/read.js";
+export type { GgufModelFile, GgufTensor } from "./gguf/read.js";
+export { checkModelFile, readCheckedModel } from "./gguf/model-check.js";
+export type { ModelCheck, CheckedModelFile } from "./gguf/model-check.js";
 export { GgufWriter, gguf, GGUF_DEFAULT_ALIGNMENT } from "./gguf/writer.js";
 export type { GgufValue, GgufScalarType, TensorDataProducer } from "./gguf/writer.js";
 export { ggmlTypeLayouts, ggmlTensorBytes } from "./gguf/ggml-types.js";

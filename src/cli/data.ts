@@ -94,7 +94,7 @@ export function formatDataReport(report: DataReport): string {
   const long =
     dropped.tooLong === 0
       ? "0 longer than max-length"
-      : `${dropped.tooLong} longer than max-length ${dropped.maxLength} (${dropped.truncated > 0 ? `${dropped.truncated} truncated` : "dropped"}; the longest has ${dropped.longest} tokens: --max-length ${dropped.lengthToKeepAll} keeps them all)`;
+      : `${dropped.tooLong} longer than max-length ${dropped.maxLength} (${dropped.truncated > 0 ? `${dropped.truncated} truncated` : "dropped"}; the longest has ${dropped.longestIsLowerBound ? `at least ${dropped.longest} tokens, too many to count)` : `${dropped.longest} tokens: --max-length ${dropped.lengthToKeepAll} keeps them all)`}`;
   lines.push(`dropped: ${dropped.invalid} invalid, ${long}`);
   const kinds = Object.entries(report.warningCounts).map(([kind, count]) => `${kind} ${count}`);
   lines.push(`warnings: ${report.warningCount}${kinds.length > 0 ? ` (${kinds.join(", ")})` : ""}`);

@@ -39,6 +39,7 @@ function describe(info: GgufInspection): string {
   for (const token of tokenizer.specialTokens) lines.push(`  ${token.role.padEnd(13)} ${String(token.id).padStart(7)}  ${token.text === undefined ? "(not in vocabulary)" : JSON.stringify(token.text)}`);
   const template = info.chatTemplate;
   lines.push(`chat template ${template.present ? `present (${template.length} characters), ${template.r1Style ? "R1-style" : "not R1-style"}` : "none"}`);
+  for (const note of info.notes) lines.push(`note          ${note}`);
   return lines.join("\n") + "\n";
 }
 

@@ -208,7 +208,7 @@ function describeDataReport(report: DataReport): string[] {
       dropped.truncated > 0
         ? `Warning: ${dropped.tooLong} examples are longer than the max length ${dropped.maxLength} (the longest has ${dropped.longest} tokens) and were CUT: ` +
             `their reasoning is trained incomplete, which teaches the model to stop thinking mid-way. --max-length ${dropped.lengthToKeepAll} keeps them whole.`
-        : `Warning: ${dropped.tooLong} examples are longer than the max length ${dropped.maxLength} (the longest has ${dropped.longest} tokens) and were DROPPED: ` +
+        : `Warning: ${dropped.tooLong} examples are longer than the max length ${dropped.maxLength} (the longest has ${dropped.longestIsLowerBound ? "at least " : ""}${dropped.longest} tokens) and were DROPPED: ` +
             `the max length is shorter than the data's reasoning. --max-length ${dropped.lengthToKeepAll} keeps them all.`,
     );
   }

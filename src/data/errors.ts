@@ -2,6 +2,8 @@
 
 export type DataIssueKind =
   | "invalid-json"
+  | "invalid-utf8"
+  | "empty-file"
   | "unknown-format"
   | "missing-field"
   | "non-string-content"

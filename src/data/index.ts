@@ -4,6 +4,7 @@
 // "\n</think>\n\n" + answer + the template's end of turn; loss from the first completion token. Earlier
 // assistant turns keep only their answers, exactly as inference renders them.
 import path from "node:path";
+import { checkModelFile, checkVocabulary } from "../gguf/model-check.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { cacheFilePath, cacheKey, hashBytes, readCache, writeCache } from "./cache.js";
 import { DataError, type DataIssue, type DataIssueKind } from "./errors.js";
@@ -51,15 +52,23 @@ interface PendingExample {
   answer: string;
 }
 
+/** An example this large (hundreds of thousands of tokens) is not tokenized when it cannot fit maxLength. */
+const hugeExampleBytes = 1 << 20;
+
 interface ModelVocabulary {
   chatTemplate?: string;
   tokenTexts: TokenTexts;
+  /** UTF-8 bytes of the longest token text: no token covers more of the text than that */
+  longestTokenBytes: number;
   /** hash of every tokenizer.* key: tokens, merges, types, special ids, pre-tokenizer, template */
   hash: string;
 }
 
-/** The tokenizer facts of an already-read GGUF: its template, the BOS/EOS texts and a hash of every tokenizer key. */
-function readVocabulary(file: GgufModelFile): ModelVocabulary {
+/** The tokenizer facts of an already-read GGUF, after checking it: its template, the BOS/EOS texts and a hash of every tokenizer key. */
+async function readVocabulary(file: GgufModelFile): Promise<ModelVocabulary> {
+  // a vocab-only GGUF (no tensors) is enough to prepare data; a model file gets the whole check
+  if (file.tensors.length === 0) checkVocabulary(file);
+  else await checkModelFile(file);
   const tokenizerEntries = Object.entries(file.metadata)
     .filter(([key]) => key.startsWith("tokenizer."))
     .sort(([a], [b]) => (a < b ? -1 : 1));
@@ -72,6 +81,7 @@ function readVocabulary(file: GgufModelFile): ModelVocabulary {
   return {
     chatTemplate: typeof template === "string" ? template : undefined,
     tokenTexts: { bos: tokenText("tokenizer.ggml.bos_token_id"), eos: tokenText("tokenizer.ggml.eos_token_id") },
+    longestTokenBytes: Array.isArray(tokens) ? tokens.reduce((longest: number, token) => Math.max(longest, Buffer.byteLength(String(token))), 1) : 1,
     hash: hashBytes(JSON.stringify(tokenizerEntries, (_key, value: unknown) => (typeof value === "bigint" ? value.toString() : value))),
   };
 }
@@ -240,10 +250,28 @@ function renderInputs(inputs: DataInputs, options: ResolvedDataOptions, template
   return rendered;
 }
 
+/**
+ * Huge examples with more bytes than maxLength of the longest tokens, each with the fewest tokens it can
+ * have: too long whatever their tokens are, so they are dropped without tokenizing or checking them (a
+ * 50 MB record took a minute and gigabytes to tokenize). Smaller ones are tokenized, so the report's
+ * longest length stays exact for real data.
+ */
+function findCertainlyTooLong(pending: PendingExample[], options: ResolvedDataOptions, vocabulary: ModelVocabulary): Map<PendingExample, number> {
+  const certainlyTooLong = new Map<PendingExample, number>();
+  if (options.truncate) return certainlyTooLong;
+  for (const example of pending) {
+    const bytes = Buffer.byteLength(partsToText([...example.promptParts, ...example.reasoningParts, ...example.answerParts], vocabulary.tokenTexts));
+    const atLeastTokens = Math.ceil(bytes / vocabulary.longestTokenBytes);
+    if (bytes >= hugeExampleBytes && atLeastTokens > options.maxLength) certainlyTooLong.set(example, atLeastTokens);
+  }
+  return certainlyTooLong;
+}
+
 /** Warnings from the texts alone: looping reasoning, language mismatch, an answer only in the reasoning, duplicates. */
-function warnAboutTexts(pending: PendingExample[], issues: IssueLog): void {
+function warnAboutTexts(pending: PendingExample[], certainlyTooLong: Map<PendingExample, number>, issues: IssueLog): void {
   const seen = new Map<string, string>();
   for (const example of pending) {
+    if (certainlyTooLong.has(example)) continue;
     if (example.reasoning !== undefined) {
       const loop = loopingReason(example.reasoning);
       if (loop) issues.warn(example, "looping-reasoning", loop);
@@ -316,15 +344,29 @@ interface LengthLimited {
   tooLong: number;
   truncated: number;
   longest: number;
+  /** longest is the lower bound of an example dropped untokenized (findCertainlyTooLong) */
+  longestIsLowerBound: boolean;
 }
 
 /** Drops invalid records and examples over maxLength (or cuts them, under truncate, when the prompt fits). */
-function applyLengthLimit(tokenized: TokenizedPending[], options: ResolvedDataOptions, issues: IssueLog, tokenTexts: TokenTexts, keepTexts: boolean): LengthLimited {
-  const result: LengthLimited = { kept: [], tooLong: 0, truncated: 0, longest: 0 };
+function applyLengthLimit(
+  tokenized: TokenizedPending[],
+  certainlyTooLong: Map<PendingExample, number>,
+  options: ResolvedDataOptions,
+  issues: IssueLog,
+  tokenTexts: TokenTexts,
+  keepTexts: boolean,
+): LengthLimited {
+  const result: LengthLimited = { kept: [], tooLong: 0, truncated: 0, longest: 0, longestIsLowerBound: false };
+  for (const [example, atLeastTokens] of certainlyTooLong) {
+    if (issues.isInvalid(example)) continue;
+    result.tooLong++;
+    if (atLeastTokens > result.longest) [result.longest, result.longestIsLowerBound] = [atLeastTokens, true];
+  }
   for (const { example, prompt, completion, reasoningTokens, answerTokens } of tokenized) {
     if (issues.isInvalid(example)) continue;
     let tokens = [...prompt, ...completion];
-    result.longest = Math.max(result.longest, tokens.length);
+    if (tokens.length > result.longest) [result.longest, result.longestIsLowerBound] = [tokens.length, false];
     if (tokens.length > options.maxLength) {
       result.tooLong++;
       if (!options.truncate || prompt.length >= options.maxLength) continue;
@@ -400,6 +442,7 @@ function buildReport({ options, template, thinkRequired, rendered, limited, spli
       tooLong: limited.tooLong,
       truncated: limited.truncated,
       longest: limited.longest,
+      longestIsLowerBound: limited.longestIsLowerBound,
       lengthToKeepAll: limited.longest,
       maxLength: options.maxLength,
     },
@@ -420,7 +463,7 @@ function buildReport({ options, template, thinkRequired, rendered, limited, spli
 export async function inspectTrainingData(model: string | GgufModelFile, dataOptions: DataOptions | ResolvedDataOptions, inspect: InspectOptions = {}): Promise<Inspection> {
   const options = parseDataOptions(dataOptions);
   const modelFile = typeof model === "string" ? await readGgufModel(model) : model;
-  const vocabulary = readVocabulary(modelFile);
+  const vocabulary = await readVocabulary(modelFile);
   const template = resolveChatTemplate(vocabulary.chatTemplate, options.template, modelFile.path);
   const thinkRequired = options.think === "required" || (options.think === "auto" && template.opensThinking);
   const inputs = await readInputs(options);
@@ -432,11 +475,13 @@ export async function inspectTrainingData(model: string | GgufModelFile, dataOpt
 
   const issues = new IssueLog();
   const rendered = renderInputs(inputs, options, template, thinkRequired, issues);
-  warnAboutTexts(rendered.pending, issues);
-  const tokenized = await tokenizePending(rendered.pending, modelFile.path, vocabulary.tokenTexts, inspect.tokenizer);
+  const certainlyTooLong = findCertainlyTooLong(rendered.pending, options, vocabulary);
+  warnAboutTexts(rendered.pending, certainlyTooLong, issues);
+  const toTokenize = rendered.pending.filter((example) => !certainlyTooLong.has(example));
+  const tokenized = await tokenizePending(toTokenize, modelFile.path, vocabulary.tokenTexts, inspect.tokenizer);
   warnAboutOutlierLengths(tokenized, issues);
   issues.finish(rendered.fileReports, options.strict);
-  const limited = applyLengthLimit(tokenized, options, issues, vocabulary.tokenTexts, inspect.keepTexts ?? false);
+  const limited = applyLengthLimit(tokenized, certainlyTooLong, options, issues, vocabulary.tokenTexts, inspect.keepTexts ?? false);
   const split = splitKept(limited.kept, inputs.validationFiles.length > 0, options);
   const report = buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache });
 

@@ -1,4 +1,5 @@
 // Reads training data files: JSONL or JSON arrays, gzip or not, or folders of them; every record keeps its line.
+import { isUtf8 } from "node:buffer";
 import { readdir, readFile, stat } from "node:fs/promises";
 import path from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -68,15 +69,56 @@ export async function readDataFiles(paths: string[]): Promise<DataFile[]> {
   return Promise.all(names.map(async (name) => ({ name, bytes: await readFile(name) })));
 }
 
-function decodeText(file: DataFile): string {
+function decompress(file: DataFile): Buffer {
   const isGzip = file.bytes.length >= 2 && file.bytes[0] === 0x1f && file.bytes[1] === 0x8b;
-  let bytes: Buffer;
   try {
-    bytes = isGzip ? gunzipSync(file.bytes) : file.bytes;
+    return isGzip ? gunzipSync(file.bytes) : file.bytes;
   } catch (error) {
     throw new DataPathError(`${file.name} is not a valid gzip file: ${(error as Error).message}`);
   }
-  const text = bytes.toString("utf8");
+}
+
+/** Byte offset of the first byte that is not part of a well-formed UTF-8 sequence (RFC 3629), or -1. */
+export function firstInvalidUtf8(bytes: Uint8Array): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const lead = bytes[i];
+    if (lead < 0x80) {
+      i++;
+      continue;
+    }
+    // sequence length and the allowed range of the second byte (no overlong forms, surrogates or > U+10FFFF)
+    const [length, low, high] =
+      lead >= 0xc2 && lead <= 0xdf ? [2, 0x80, 0xbf]
+      : lead === 0xe0 ? [3, 0xa0, 0xbf]
+      : lead === 0xed ? [3, 0x80, 0x9f]
+      : lead >= 0xe1 && lead <= 0xef ? [3, 0x80, 0xbf]
+      : lead === 0xf0 ? [4, 0x90, 0xbf]
+      : lead >= 0xf1 && lead <= 0xf3 ? [4, 0x80, 0xbf]
+      : lead === 0xf4 ? [4, 0x80, 0x8f]
+      : [0, 0, 0];
+    if (length === 0 || i + length > bytes.length || bytes[i + 1] < low || bytes[i + 1] > high) return i;
+    for (let k = 2; k < length; k++) if (bytes[i + k] < 0x80 || bytes[i + k] > 0xbf) return i;
+    i += length;
+  }
+  return -1;
+}
+
+function invalidUtf8Issue(file: string, lineBytes: Buffer, line: number, badAt: number): DataIssue {
+  // the column counts characters as the other issues do (UTF-16 units of the valid text before the byte)
+  const column = lineBytes.subarray(0, badAt).toString("utf8").length + 1;
+  const shown = [...lineBytes.subarray(badAt, badAt + 4)].map((byte) => byte.toString(16).padStart(2, "0")).join(" ");
+  return { file, line, column, kind: "invalid-utf8", message: `invalid UTF-8 (bytes ${shown}); save the file as UTF-8` };
+}
+
+/** Whether the first character after a BOM and whitespace is '[' (a JSON-array file rather than JSONL). */
+function isJsonArray(bytes: Buffer): boolean {
+  let at = bytes[0] === 0xef && bytes[1] === 0xbb && bytes[2] === 0xbf ? 3 : 0;
+  while (at < bytes.length && (bytes[at] === 0x20 || bytes[at] === 0x09 || bytes[at] === 0x0a || bytes[at] === 0x0d)) at++;
+  return bytes[at] === 0x5b;
+}
+
+function withoutBom(text: string): string {
   return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
 }
 
@@ -91,9 +133,41 @@ function jsonIssue(file: string, text: string, firstLine: number): DataIssue {
  * anything else is JSONL (one JSON value per line, blank lines ignored).
  */
 export function parseDataFile(file: DataFile): { records: DataRecord[]; issues: DataIssue[] } {
-  const text = decodeText(file);
+  const parsed = parseRecords(file);
+  if (parsed.records.length === 0 && parsed.issues.length === 0) {
+    parsed.issues.push({ file: file.name, line: 1, kind: "empty-file", message: "the file holds no records (it is empty, blank or an empty array); add examples or leave it out" });
+  }
+  return parsed;
+}
+
+function parseRecords(file: DataFile): { records: DataRecord[]; issues: DataIssue[] } {
+  const bytes = decompress(file);
   const records: DataRecord[] = [];
   const issues: DataIssue[] = [];
+  const badAt = isUtf8(bytes) ? -1 : firstInvalidUtf8(bytes);
+  if (badAt >= 0 && isJsonArray(bytes)) {
+    // one JSON value: none of it can be read
+    const lineStart = badAt === 0 ? 0 : bytes.lastIndexOf(0x0a, badAt - 1) + 1;
+    const lineEnd = bytes.indexOf(0x0a, badAt);
+    const line = bytes.subarray(0, lineStart).reduce((count, byte) => count + (byte === 0x0a ? 1 : 0), 1);
+    issues.push(invalidUtf8Issue(file.name, bytes.subarray(lineStart, lineEnd === -1 ? bytes.length : lineEnd), line, badAt - lineStart));
+    return { records, issues };
+  }
+  if (badAt >= 0) {
+    // JSONL with invalid bytes: each line decoded on its own, the broken ones reported
+    let start = 0;
+    for (let line = 1; start <= bytes.length; line++) {
+      const newline = bytes.indexOf(0x0a, start);
+      const end = newline === -1 ? bytes.length : newline;
+      const lineBytes = bytes.subarray(start, end);
+      const lineBad = start > badAt ? firstInvalidUtf8(lineBytes) : end > badAt ? badAt - start : -1;
+      if (lineBad >= 0) issues.push(invalidUtf8Issue(file.name, lineBytes, line, lineBad));
+      else parseJsonLine(file.name, line === 1 ? withoutBom(lineBytes.toString("utf8")) : lineBytes.toString("utf8"), line, records, issues);
+      start = end + 1;
+    }
+    return { records, issues };
+  }
+  const text = withoutBom(bytes.toString("utf8"));
   if (text.trimStart().startsWith("[")) {
     let array: unknown[];
     try {
@@ -108,15 +182,16 @@ export function parseDataFile(file: DataFile): { records: DataRecord[]; issues: 
     });
     return { records, issues };
   }
-  const lines = text.split("\n");
-  lines.forEach((rawLine, index) => {
-    const lineText = rawLine.endsWith("\r") ? rawLine.slice(0, -1) : rawLine;
-    if (lineText.trim() === "") return;
-    try {
-      records.push({ file: file.name, line: index + 1, value: JSON.parse(lineText) });
-    } catch {
-      issues.push(jsonIssue(file.name, lineText, index + 1));
-    }
-  });
+  text.split("\n").forEach((rawLine, index) => parseJsonLine(file.name, rawLine, index + 1, records, issues));
   return { records, issues };
+}
+
+function parseJsonLine(file: string, rawLine: string, line: number, records: DataRecord[], issues: DataIssue[]): void {
+  const lineText = rawLine.endsWith("\r") ? rawLine.slice(0, -1) : rawLine;
+  if (lineText.trim() === "") return;
+  try {
+    records.push({ file, line, value: JSON.parse(lineText) });
+  } catch {
+    issues.push(jsonIssue(file, lineText, line));
+  }
 }

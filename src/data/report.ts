@@ -32,6 +32,11 @@ export interface DataReport {
     truncated: number;
     /** token length of the longest example (0 when none) */
     longest: number;
+    /**
+     * longest (and lengthToKeepAll) is a lower bound: a huge example (1 MiB or more) that is certainly longer
+     * than maxLength (more bytes than maxLength of the vocabulary's longest token) is dropped untokenized
+     */
+    longestIsLowerBound: boolean;
     /** the maxLength that would keep every example */
     lengthToKeepAll: number;
     maxLength: number;

@@ -1,10 +1,10 @@
 // What a model GGUF holds, as a plain record: architecture and shape, parameters, tensor types,
-// tokenizer and chat template. Every tensor is checked against the file (native checkTensors) first.
-import { loadNativeAddon, type NativeModelConfig } from "../native/addon.js";
+// tokenizer and chat template. The file passes the same check as Engine.load first (model-check.ts).
+import type { NativeModelConfig } from "../native/addon.js";
 import { ggmlTypeLayoutById } from "./ggml-types.js";
-import { modelConfigFromGguf, supportedArchitectures } from "./model-config.js";
+import { checkModelFile, specialTokenKeys } from "./model-check.js";
 import { isR1ChatTemplate } from "./r1-template.js";
-import { GgufError, readGgufModel, type ReadGgufOptions } from "./read.js";
+import { readGgufModel } from "./read.js";
 
 export interface GgufTensorTypeSummary {
   type: string;
@@ -44,15 +44,9 @@ export interface GgufInspection {
     addBosToken: boolean | undefined;
   };
   chatTemplate: { present: boolean; r1Style: boolean; length: number };
+  /** what the file leaves out that llama.cpp and thinktune fill in (a tied output layer, ...) */
+  notes: string[];
 }
-
-const specialTokenKeys: [string, string][] = [
-  ["bos", "tokenizer.ggml.bos_token_id"],
-  ["eos", "tokenizer.ggml.eos_token_id"],
-  ["eot", "tokenizer.ggml.eot_token_id"],
-  ["padding", "tokenizer.ggml.padding_token_id"],
-  ["unknown", "tokenizer.ggml.unknown_token_id"],
-];
 
 // the R1 chat tokens, found by text (they have no id keys of their own)
 const chatTokens: [string, string][] = [
@@ -62,17 +56,11 @@ const chatTokens: [string, string][] = [
   ["end of think", "</think>"],
 ];
 
-export async function inspectGguf(file: string, options: ReadGgufOptions = {}): Promise<GgufInspection> {
-  const gguf = await readGgufModel(file, options);
-  const architecture = gguf.metadata["general.architecture"];
-  if (typeof architecture !== "string") {
-    throw new GgufError(`${file}: required metadata key "general.architecture" is missing; this is not a model GGUF`, file);
-  }
-  // type, shape, overflow and bounds of every tensor, with the tensor named on failure
-  await loadNativeAddon().checkTensors(file, gguf.tensors, gguf.alignment);
-
-  const trainable = (supportedArchitectures as readonly string[]).includes(architecture);
-  const shape = trainable ? modelConfigFromGguf(gguf) : undefined;
+export async function inspectGguf(file: string): Promise<GgufInspection> {
+  const gguf = await readGgufModel(file);
+  const { config: shape, notes } = await checkModelFile(gguf);
+  const architecture = gguf.metadata["general.architecture"] as string;
+  const trainable = shape !== undefined;
   const byType = new Map<string, GgufTensorTypeSummary>();
   let parameterCount = 0;
   let tensorBytes = 0;
@@ -132,5 +120,6 @@ export async function inspectGguf(file: string, options: ReadGgufOptions = {}): 
       r1Style: typeof template === "string" && isR1ChatTemplate(template),
       length: typeof template === "string" ? template.length : 0,
     },
+    notes,
   };
 }

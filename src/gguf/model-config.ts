@@ -41,10 +41,10 @@ export function modelConfigFromGguf(file: GgufModelFile): NativeModelConfig {
   if (!embedding) throw new GgufError(`${file.path}: tensor "token_embd.weight" is missing`, file.path);
   const nVocab = embedding.dims[1] ?? tokenCount(file);
   if (nHead <= 0 || nEmbd % nHead !== 0) {
-    throw new GgufError(`${file.path}: ${arch}.embedding_length ${nEmbd} is not a multiple of head_count ${nHead}`, file.path);
+    throw new GgufError(`${file.path}: metadata ${arch}.embedding_length ${nEmbd} is not a multiple of ${arch}.attention.head_count ${nHead}`, file.path);
   }
   if (nHeadKv <= 0 || nHead % nHeadKv !== 0) {
-    throw new GgufError(`${file.path}: head_count ${nHead} is not a multiple of head_count_kv ${nHeadKv}`, file.path);
+    throw new GgufError(`${file.path}: metadata ${arch}.attention.head_count ${nHead} is not a multiple of ${arch}.attention.head_count_kv ${nHeadKv}`, file.path);
   }
   return {
     arch: arch as NativeModelConfig["arch"],

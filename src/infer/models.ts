@@ -6,6 +6,8 @@ import { EventEmitter } from "node:events";
 import { stat } from "node:fs/promises";
 import path from "node:path";
 import { getLlama, LlamaLogLevel, type Llama, type LlamaContext, type LlamaContextSequence, type LlamaModel } from "node-llama-cpp";
+import { checkModelFile } from "../gguf/model-check.js";
+import { readGgufModel } from "../gguf/read.js";
 import { resolveAdapter, modelNameFromPath, type ResolvedAdapter } from "./adapter.js";
 import { generateOnSequence, type GenerationOptions, type GenerationResult } from "./generate.js";
 import { ChatPromptRenderer, ChatTemplateError, type ChatMessage } from "./prompt.js";
@@ -113,7 +115,7 @@ interface Slot {
 }
 
 /** llama.cpp's own error for a missing file is a bare ENOENT; say which file and what is expected. */
-async function checkModelFile(modelPath: string): Promise<void> {
+async function checkModelExists(modelPath: string): Promise<void> {
   const stats = await stat(modelPath).catch(() => undefined);
   if (!stats) throw new ModelFileError(`the model ${modelPath} does not exist (resolved as ${path.resolve(modelPath)}); give the path of a model GGUF`);
   if (!stats.isFile()) throw new ModelFileError(`the model ${modelPath} is not a file; give the path of a model GGUF`);
@@ -162,7 +164,7 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
   static async load(options: ModelHostOptions): Promise<ModelHost> {
     const parallel = options.parallel ?? 1;
     if (!Number.isInteger(parallel) || parallel < 1) throw new RangeError(`parallel must be a whole number of at least 1, got ${parallel}`);
-    await checkModelFile(options.modelPath);
+    await checkModelExists(options.modelPath);
     const baseId = modelNameFromPath(options.modelPath);
     const adapters: ResolvedAdapter[] = [];
     try {
@@ -175,6 +177,8 @@ export class ModelHost extends EventEmitter<{ generation: [GenerationRecord] }> 
         }
         adapters.push(adapter);
       }
+      // llama.cpp trusts the file more than thinktune does: check it first
+      await checkModelFile(await readGgufModel(options.modelPath));
       const llama = await getLlama({ gpu: options.gpu ?? "auto", build: "never", logLevel: LlamaLogLevel.error, maxThreads: options.threads || undefined });
       const model = await llama.loadModel({ modelPath: options.modelPath });
       const template = model.fileInfo.metadata?.tokenizer?.chat_template;

@@ -117,7 +117,13 @@ export class ChatServer {
   }
 
   async #handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? "/", "http://localhost");
+    let url: URL;
+    try {
+      url = new URL(req.url ?? "/", "http://localhost");
+      decodeURIComponent(url.pathname); // the route decodes parts of it: a malformed escape is the client's error
+    } catch {
+      throw new HttpError(400, `The request path ${JSON.stringify(req.url)} is not a valid URL path (a malformed URL or percent-escape)`, "invalid_request_error", "invalid_url");
+    }
     const method = req.method ?? "GET";
     res.setHeader("access-control-allow-origin", "*");
     if (method === "OPTIONS") {

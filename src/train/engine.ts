@@ -2,7 +2,7 @@
 // addon off the JS thread. Options are validated here (zod); the native side gets a plain config.
 import os from "node:os";
 import type { z } from "zod";
-import { modelConfigFromGguf } from "../gguf/model-config.js";
+import { checkedModel } from "../gguf/model-check.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import {
   loadNativeAddon,
@@ -90,9 +90,8 @@ export class Engine {
   static async load(model: string | GgufModelFile, options: EngineOptions = {}): Promise<Engine> {
     const parsed = engineOptionsSchema.safeParse(options);
     if (!parsed.success) throw new EngineError(`Invalid engine options: ${formatIssues(parsed.error)}`);
-    const file = typeof model === "string" ? await readGgufModel(model) : model;
+    const { file, config } = await checkedModel(typeof model === "string" ? await readGgufModel(model) : model);
     const path = file.path;
-    const config = modelConfigFromGguf(file);
     const maxTokens = parsed.data.maxTokens ?? Math.min(2048, config.contextLength);
     if (maxTokens > config.contextLength) {
       throw new EngineError(`Invalid engine options: maxTokens ${maxTokens} exceeds the context length ${config.contextLength} of ${path}`);

@@ -127,7 +127,7 @@ describe("bad GGUF input to thinktune inspect", () => {
     expectOneLineFailure(await runCli(["inspect", file]), /cannot read .*unreadable\.gguf: permission denied/);
   });
 
-  it("gives up on a header whose array length runs far past the end of the file", async () => {
+  it("refuses at once a header whose array length runs far past the end of the file", async () => {
     // 2^40 one-byte items declared in a 56-byte file: node-llama-cpp would read zeros for ages
     const key = Buffer.from("test.array");
     const header = Buffer.alloc(24 + 8 + key.length + 4 + 4 + 8);
@@ -142,7 +142,7 @@ describe("bad GGUF input to thinktune inspect", () => {
     header.writeBigUInt64LE(1n << 40n, 40 + key.length);
     const file = await write("huge-array.gguf", header);
     const started = performance.now();
-    await expect(readGgufModel(file, { headerTimeoutMs: 1500 })).rejects.toThrow(/huge-array\.gguf is not a valid GGUF file: reading its header took over 1\.5 s/);
-    expect(performance.now() - started).toBeLessThan(15_000);
+    await expect(readGgufModel(file)).rejects.toThrow(/huge-array\.gguf: metadata "test\.array" at byte 50 declares 1099511627776 u8 elements, more than any model metadata holds/);
+    expect(performance.now() - started).toBeLessThan(1000);
   });
 });
