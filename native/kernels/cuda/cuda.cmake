@@ -80,6 +80,9 @@ file(GLOB THINKTUNE_CUDA_SOURCES CONFIGURE_DEPENDS
   ${CMAKE_SOURCE_DIR}/native/kernels/cuda/*.cu
   ${CMAKE_SOURCE_DIR}/native/engine/cuda_*.cu)
 target_sources(thinktune_core PRIVATE ${THINKTUNE_CUDA_SOURCES})
+# thinktune_core was created before CMAKE_CUDA_ARCHITECTURES got its default above, so its
+# CUDA_ARCHITECTURES property (initialized at creation) is set here
+set_target_properties(thinktune_core PROPERTIES CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
 target_include_directories(thinktune_core PUBLIC ${THINKTUNE_CUBLAS_INCLUDE})
 target_compile_options(thinktune_core PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 --expt-relaxed-constexpr -Xcompiler=-fPIC>)
 get_filename_component(THINKTUNE_CUBLAS_LIB_DIR "${THINKTUNE_CUBLAS_LIBRARY}" DIRECTORY)
