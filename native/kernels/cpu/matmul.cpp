@@ -10,15 +10,25 @@ namespace thinktune::kernels {
 
 namespace {
 
-// Register tile: MR rows of A times NR columns of B, held in 2·MR vector accumulators (16 with
-// AVX-512's 32 registers leaves room for the B loads; AVX2 splits each 16-float vector in two).
+// Register tile: MR rows of A times NR = 2 vectors of B, held in 2·MR vector accumulators that must
+// stay in registers with room for the two B vectors and the broadcast A value. AVX-512 has 32
+// registers of 16 floats (8 rows: 16 accumulators); AVX2 has 16 of 8 floats (6 rows: 12
+// accumulators). An AVX-512 tile on AVX2 spills every accumulator and runs ~25x slower.
+#if defined(__AVX512F__)
+constexpr int64_t kVectorFloats = 16;
 constexpr int64_t MR = 8;
-constexpr int64_t NR = 32;
-// Cache blocks: a packed B panel KC×NR (32 KB) stays in L1 while a packed A block MC×KC (512 KB)
-// streams from L2 past it.
+#else
+constexpr int64_t kVectorFloats = 8;
+constexpr int64_t MR = 6;
+#endif
+constexpr int64_t NR = 2 * kVectorFloats;
+// Cache blocks: a packed B panel KC×NR (16 or 32 KB) stays in L1 while a packed A block MC×KC
+// (384 or 512 KB) streams from L2 past it.
 constexpr int64_t KC = 256;
-constexpr int64_t MC = 512;
+constexpr int64_t MC = 64 * MR;  // a whole number of MR-row panels
 
+typedef float Vec __attribute__((vector_size(4 * kVectorFloats)));
+typedef float VecUnaligned __attribute__((vector_size(4 * kVectorFloats), aligned(4)));
 typedef float Vec16 __attribute__((vector_size(64)));
 typedef float Vec16Unaligned __attribute__((vector_size(64), aligned(4)));
 
@@ -86,14 +96,14 @@ void packPanelB(float* dst, const float* b, ptrdiff_t rowStride, ptrdiff_t colSt
 // c (rows, cols) = alpha · packedA (kc, MR)ᵀ-panel · packedB (kc, NR) + (addToC ? c : 0)
 void microKernel(int64_t kc, const float* __restrict__ packedA, const float* __restrict__ packedB, float* c,
                  ptrdiff_t ldc, int64_t rows, int64_t cols, float alpha, bool addToC) {
-  Vec16 acc0[MR], acc1[MR];
+  Vec acc0[MR], acc1[MR];
   for (int64_t r = 0; r < MR; ++r) {
-    acc0[r] = Vec16{} ;
-    acc1[r] = Vec16{};
+    acc0[r] = Vec{};
+    acc1[r] = Vec{};
   }
   for (int64_t k = 0; k < kc; ++k) {
-    const Vec16 b0 = *reinterpret_cast<const Vec16*>(packedB + k * NR);
-    const Vec16 b1 = *reinterpret_cast<const Vec16*>(packedB + k * NR + 16);
+    const Vec b0 = *reinterpret_cast<const Vec*>(packedB + k * NR);
+    const Vec b1 = *reinterpret_cast<const Vec*>(packedB + k * NR + kVectorFloats);
     const float* aCol = packedA + k * MR;
 #pragma GCC unroll 8
     for (int64_t r = 0; r < MR; ++r) {
@@ -103,8 +113,8 @@ void microKernel(int64_t kc, const float* __restrict__ packedA, const float* __r
   }
   if (rows == MR && cols == NR) {
     for (int64_t r = 0; r < MR; ++r) {
-      Vec16Unaligned* out0 = reinterpret_cast<Vec16Unaligned*>(c + r * ldc);
-      Vec16Unaligned* out1 = reinterpret_cast<Vec16Unaligned*>(c + r * ldc + 16);
+      VecUnaligned* out0 = reinterpret_cast<VecUnaligned*>(c + r * ldc);
+      VecUnaligned* out1 = reinterpret_cast<VecUnaligned*>(c + r * ldc + kVectorFloats);
       if (addToC) {
         *out0 += alpha * acc0[r];
         *out1 += alpha * acc1[r];
@@ -117,8 +127,8 @@ void microKernel(int64_t kc, const float* __restrict__ packedA, const float* __r
   }
   alignas(64) float tile[MR * NR];
   for (int64_t r = 0; r < MR; ++r) {
-    *reinterpret_cast<Vec16*>(tile + r * NR) = alpha * acc0[r];
-    *reinterpret_cast<Vec16*>(tile + r * NR + 16) = alpha * acc1[r];
+    *reinterpret_cast<Vec*>(tile + r * NR) = alpha * acc0[r];
+    *reinterpret_cast<Vec*>(tile + r * NR + kVectorFloats) = alpha * acc1[r];
   }
   for (int64_t r = 0; r < rows; ++r) {
     float* out = c + r * ldc;
