@@ -1,9 +1,12 @@
 // `thinktune train`: defaults → config file → flags, then the Trainer's events as a progress bar (in a
 // terminal) or plain lines (in a pipe). Ctrl-C / SIGTERM stop after the current step with a checkpoint.
 import type { Command } from "commander";
+import { realpathSync } from "node:fs";
 import path from "node:path";
 import {
+  embeddedDataPath,
   embeddedDefaultOverrides,
+  embeddedModelPath,
   readConfigFile,
   resolveConfig,
   TrainingConfigError,
@@ -13,6 +16,9 @@ import {
 import { generatePreview, type Preview } from "../train/preview.js";
 import { Trainer, TrainingDivergedError, type TrainerEvent, type TrainerStepEvent } from "../train/trainer.js";
 import type { DataReport } from "../data/index.js";
+import { resolveModelSource } from "./model-source.js";
+import { printableText } from "./printable.js";
+import { userCommand } from "./user-command.js";
 
 type FlagKind = "string" | "number" | "list" | "boolean";
 interface FlagSpec {
@@ -65,6 +71,7 @@ const flagSpecs: FlagSpec[] = [
   { flag: "--keep-checkpoints <k>", key: "keepCheckpoints", kind: "number", description: "keep the last K checkpoints, plus the best (3)" },
   { flag: "--log-every <steps>", key: "logEvery", kind: "number", description: "a progress line every N steps when not in a terminal (10)" },
   { flag: "--preview-tokens <n>", key: "previewTokens", kind: "number", description: "print one training prompt's answer before and after, this long (0 = off)" },
+  { flag: "--adapter <which>", key: "adapter", kind: "string", description: "the weights adapter/ holds: last (the last step's, default) or best (the checkpoint with the lowest validation loss)" },
 ];
 
 function optionName(flag: string): string {
@@ -141,7 +148,7 @@ class Progress {
     const msPerStep = (now - this.firstStepAt.time) / Math.max(1, stepsDone);
     const eta = formatDuration(msPerStep * (event.totalSteps - event.step));
     const epoch = this.epochs === undefined ? event.epoch.toFixed(2) : `${event.epoch.toFixed(2)}/${this.epochs}`;
-    const fields = `step ${event.step}/${event.totalSteps} | epoch ${epoch} | loss ${this.smoothedLoss.toFixed(4)} | lr ${formatRate(event.lr)} | ${Math.round(event.tokensPerSecond)} tok/s | ETA ${eta} | mem ${formatBytes(event.peakMemory)}`;
+    const fields = `step ${event.step}/${event.totalSteps} | epoch ${epoch} | loss(avg) ${this.smoothedLoss.toFixed(4)} | lr ${formatRate(event.lr)} | ${Math.round(event.tokensPerSecond)} tok/s | ETA ${eta} | mem ${formatBytes(event.peakMemory)}`;
     if (this.tty) {
       const width = 20;
       const filled = Math.round((event.step / event.totalSteps) * width);
@@ -178,6 +185,17 @@ function withFlag(key: string): string {
   return flag ? `${key} (${flag})` : key;
 }
 
+function samePath(a: string, b: string): boolean {
+  const real = (file: string) => {
+    try {
+      return realpathSync(file);
+    } catch {
+      return path.resolve(file);
+    }
+  };
+  return real(a) === real(b);
+}
+
 /** The configuration, resolved once here, handed to the Trainer as it is. */
 async function resolveTrainer(flags: TrainFlags): Promise<Trainer> {
   const { layer, given } = flagsLayer(flags);
@@ -186,8 +204,11 @@ async function resolveTrainer(flags: TrainFlags): Promise<Trainer> {
     if (flags.config !== undefined) throw new TrainingConfigError("--resume continues a run with the config saved in it; drop --config");
     return Trainer.resume(path.resolve(flags.resume), commandLine);
   }
-  // no config, model or data named: the embedded default run, whose defaults are tuned for the tiny model
-  const embeddedDefault = flags.config === undefined && !given.includes("model") && !given.includes("data");
+  if (typeof layer.model === "string") layer.model = await resolveModelSource(layer.model);
+  // no config, and the model and data not named or named as the embedded ones: the embedded default
+  // run, whose defaults are tuned for the tiny model
+  const isEmbedded = (key: "model" | "data", embedded: string) => !given.includes(key) || samePath(String(layer[key]), embedded);
+  const embeddedDefault = flags.config === undefined && isEmbedded("model", embeddedModelPath) && isEmbedded("data", embeddedDataPath);
   const layers: ConfigLayer[] = [];
   if (embeddedDefault) layers.push({ value: embeddedDefaultOverrides, source: "embedded default" });
   if (flags.config !== undefined) layers.push({ value: await readConfigFile(flags.config), source: flags.config });
@@ -254,7 +275,12 @@ async function train(flags: TrainFlags): Promise<number> {
     interrupts++;
     if (interrupts > 1) {
       progress.line(`${signal} again: exiting now without a checkpoint.`);
-      process.exit(130);
+      // process.exit would wait for the step running on libuv's thread pool (it joins the pool at exit);
+      // dying by the signal itself ends the process at once, with the exit status 128 + signal (130 for SIGINT)
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      process.kill(process.pid, signal);
+      return;
     }
     progress.line(`${signal}: finishing the current step and writing a checkpoint (press Ctrl-C again to exit at once)…`);
     controller.abort();
@@ -313,15 +339,16 @@ function handleEvent(event: TrainerEvent, progress: Progress): number | undefine
       progress.end();
       if (event.reason === "stopped") {
         console.log(`Stopped at step ${event.step} of ${event.totalSteps}; checkpoint ${event.checkpointDir ?? "(none)"}.`);
-        console.log(`Resume with: thinktune train --resume ${event.runDir}`);
+        console.log(`Resume with: ${userCommand("train", "--resume", event.runDir)}`);
         return 130;
       }
       console.log(
-        `Done: ${event.step} steps in ${formatDuration(event.elapsedMs)}; last train loss ${event.trainLoss?.toFixed(4) ?? "–"}` +
+        `Done: ${event.step} steps in ${formatDuration(event.elapsedMs)}; train loss of the last step ${event.trainLoss?.toFixed(4) ?? "–"}` +
           (event.valLoss !== undefined ? `, validation loss ${event.valLoss.toFixed(4)}` : "") +
           (event.bestCheckpointDir ? `; best checkpoint ${event.bestCheckpointDir}` : ""),
       );
-      console.log(`Adapter: ${event.adapterPath}`);
+      const which = event.adapterChoice === "best" ? "the best by validation loss" : "the last step";
+      console.log(`Adapter: ${event.adapterPath} (step ${event.adapterStep}, ${which}; --adapter best|last chooses)`);
       console.log(`Report: ${path.join(event.runDir, "report.html")}`);
       return 0;
   }
@@ -329,10 +356,10 @@ function handleEvent(event: TrainerEvent, progress: Progress): number | undefine
 
 function printPreview(source: string, maxTokens: number, before: Preview, after: Preview): void {
   console.log(`\nOne training prompt (${source}); greedy answers by llama.cpp (node-llama-cpp), at most ${maxTokens} tokens:`);
-  console.log(`--- prompt ---\n${before.prompt}`);
-  console.log(`--- trained answer (from the data) ---\n${before.reference ?? ""}`);
-  console.log(`--- before training ---\n${before.answer}`);
-  console.log(`--- after training (base model + adapter) ---\n${after.answer}`);
+  console.log(`--- prompt ---\n${printableText(before.prompt)}`);
+  console.log(`--- trained answer (from the data) ---\n${printableText(before.reference ?? "")}`);
+  console.log(`--- before training ---\n${printableText(before.answer)}`);
+  console.log(`--- after training (base model + adapter) ---\n${printableText(after.answer)}`);
 }
 
 export function registerTrainCommand(program: Command): void {

@@ -86,6 +86,8 @@ export const trainingConfigSchema = z.strictObject({
   logEvery: positiveInt.default(10),
   /** tokens of one training prompt's answer printed before and after training; 0 = off */
   previewTokens: z.int().min(0).default(0),
+  /** which weights adapter/ holds: the last step's, or the checkpoint's with the lowest validation loss */
+  adapter: z.enum(["last", "best"]).default("last"),
 });
 
 /** What a user may write: every key optional. */

@@ -12,6 +12,7 @@ import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { planEpoch, countSteps, type BatchingOptions, type EpochPlan } from "./batches.js";
 import {
   listCheckpoints,
+  loadCheckpoint,
   loadLatestCheckpoint,
   pruneCheckpoints,
   saveCheckpoint,
@@ -103,6 +104,9 @@ export interface TrainerDoneEvent {
   runDir: string;
   /** <run>/adapter/adapter.gguf, written when the run completed */
   adapterPath?: string;
+  /** the step whose weights the adapter holds, and why that one ("last", or "best" by validation loss) */
+  adapterStep?: number;
+  adapterChoice?: "last" | "best";
   checkpointDir?: string;
   bestCheckpointDir?: string;
   trainLoss?: number;
@@ -567,9 +571,14 @@ export class Trainer {
       if (evalEvent) yield evalEvent;
     }
     if (run.checkpointedAt !== step) yield await this.writeCheckpoint(run);
-    const adapterPath = await this.writeAdapter(await this.engine!.getLora(), step);
+    // adapter "best": the checkpoint with the lowest validation loss, when any was evaluated
+    const best = this.config.adapter === "best" ? await this.bestCheckpointStep() : undefined;
+    const adapterStep = best ?? step;
+    const lora = best === undefined ? await this.engine!.getLora() : (await loadCheckpoint(path.join(this.runDir, "checkpoints", `step-${best}`))).lora;
+    const adapterPath = await this.writeAdapter(lora, adapterStep);
     await this.writeRunReport(run, `completed ${step} steps`);
-    yield await this.doneEvent("completed", step, totalSteps, run.lastCheckpointDir, run.lastTrainLoss, run.lastValLoss, this.elapsed(run), adapterPath);
+    const done = await this.doneEvent("completed", step, totalSteps, run.lastCheckpointDir, run.lastTrainLoss, run.lastValLoss, this.elapsed(run), adapterPath);
+    yield { ...done, adapterStep, adapterChoice: best === undefined ? "last" : "best" };
   }
 
   private async doneEvent(

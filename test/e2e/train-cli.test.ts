@@ -2,7 +2,7 @@
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { cp, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import os, { tmpdir } from "node:os";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -33,6 +33,20 @@ function runCli(args: string[], onStdout?: (text: string, child: ReturnType<type
       stdout += chunk.toString();
       onStdout?.(stdout, child);
     });
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    child.once("error", reject);
+    // the exit status as a shell reports it: 128 + the signal's number for a process the signal ended
+    child.once("close", (code, signal) => resolve({ code: code ?? (signal ? 128 + os.constants.signals[signal] : null), stdout, stderr }));
+  });
+}
+
+/** Runs a command line as the user would paste it into a shell. */
+function runShell(commandLine: string): Promise<CliRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn("sh", ["-c", commandLine], { cwd: projectRoot, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
     child.once("error", reject);
     child.once("close", (code) => resolve({ code, stdout, stderr }));
@@ -92,14 +106,16 @@ describe("thinktune train: runs", () => {
     });
     expect(stopped.code).toBe(130);
     expect(stopped.stdout).toContain("SIGINT: finishing the current step and writing a checkpoint");
-    expect(stopped.stdout).toContain(`Resume with: thinktune train --resume ${run}`);
+    // the resume command as printed: here thinktune is not on the PATH, so it names node and the script
+    const printed = /^Resume with: (.+)$/m.exec(stopped.stdout)![1];
+    expect(printed.endsWith(` train --resume ${run}`)).toBe(true);
     const stoppedAt = Number(/Stopped at step (\d+) of 16/.exec(stopped.stdout)![1]);
     expect(stoppedAt).toBeGreaterThanOrEqual(3);
     expect(existsSync(path.join(run, "checkpoints", `step-${stoppedAt}`, "state.json"))).toBe(true);
     expect(existsSync(path.join(run, "adapter"))).toBe(false);
 
-    const resumed = await runCli(["--resume", run]);
-    expect(resumed.code).toBe(0);
+    const resumed = await runShell(printed);
+    expect(resumed.code, resumed.stderr).toBe(0);
     expect(resumed.stdout).toContain(`Resuming from ${path.join(run, "checkpoints", `step-${stoppedAt}`)} at step ${stoppedAt}`);
     expect(existsSync(path.join(run, "adapter", "adapter.gguf"))).toBe(true);
     const steps = (await stepRecords(run)).filter((record) => record.type === "step").map((record) => record.step);
