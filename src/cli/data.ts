@@ -52,7 +52,7 @@ export function addDataFlags(command: Command): Command {
     .option("--truncate", "cut examples longer than --max-length instead of dropping them")
     .option("--strict", "treat warnings (looping reasoning, outliers, duplicates, ...) as errors")
     .option("--seed <n>", "seed of the validation split", integer("--seed"))
-    .option("--cache-dir <dir>", "tokenized cache folder (default: .thinktune-cache next to the data)")
+    .option("--cache-dir <dir>", "tokenized cache folder (default: .thinktune-cache next to the data; ~/.cache/thinktune/data for data inside node_modules)")
     .option("--no-cache", "neither read nor write the tokenized cache")
     .option("--max-reported-issues <n>", "list at most this many errors and warnings (default 100)", integer("--max-reported-issues"));
 }
@@ -84,7 +84,7 @@ function lengthRow(name: string, stats: LengthStats): string {
 export function formatDataReport(report: DataReport): string {
   const lines: string[] = [];
   lines.push(`template: ${report.template.source}${report.template.opensThinking ? " (opens <think>)" : ""}; reasoning ${report.think}`);
-  for (const file of report.files) lines.push(`${file.role === "validation" ? "validation " : ""}file ${file.path}: ${file.records} records (${file.format ?? "format unknown"})`);
+  for (const file of report.files) lines.push(`${file.role === "validation" ? "validation " : ""}file ${file.path}: ${file.records} records (${describeFileFormat(file)})`);
   lines.push(`records: ${report.records} (${report.validRecords} valid), turns: ${report.turns}`);
   lines.push(`examples: ${report.examples.total} (train ${report.examples.train}, validation ${report.examples.validation}), with reasoning: ${report.examples.withReasoning}`);
   lines.push(`tokens: train ${report.tokens.train} (${report.tokens.trainedTrain} with loss), validation ${report.tokens.validation}`);
@@ -155,4 +155,11 @@ export function registerDataCommand(program: Command): void {
       process.stdout.write(`${header}\n${body}\n\n`);
     }
   });
+}
+
+/** "messages", or "mixed: messages 30, alpaca 8" for a file whose records come in several formats. */
+function describeFileFormat(file: DataReport["files"][number]): string {
+  const counts = Object.entries(file.formats);
+  if (counts.length > 1) return `mixed: ${counts.sort((a, b) => b[1] - a[1]).map(([format, count]) => `${format} ${count}`).join(", ")}`;
+  return file.format ?? "format unknown";
 }

@@ -2,13 +2,14 @@
 // renamed. Layout: "TTDC", u32 format version, u32 JSON length, JSON, zero padding to 4 bytes, int32 tokens.
 import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { writeFileAtomic } from "../util/atomic-file.js";
 import type { TokenizedExample } from "./pack.js";
 
 const magic = "TTDC";
 /** bump when what is cached, or how it is made, changes */
-export const cacheFormatVersion = 1;
+export const cacheFormatVersion = 2;
 
 export interface CachedData<Report> {
   train: TokenizedExample[];
@@ -28,6 +29,24 @@ export function hashBytes(bytes: Uint8Array | string): string {
 
 export function cacheKey(parts: unknown): string {
   return hashBytes(JSON.stringify({ cacheFormatVersion, parts })).slice(0, 32);
+}
+
+/**
+ * Where the cache goes when no folder is given: .thinktune-cache beside the (first) data path, except for data
+ * inside node_modules (an installed package's examples), whose folder is not the user's: there it goes to the
+ * user's cache folder.
+ */
+export function defaultCacheDir(dataPath: string): string {
+  const resolved = path.resolve(dataPath);
+  if (!resolved.split(path.sep).includes("node_modules")) return path.join(path.dirname(resolved), ".thinktune-cache");
+  return path.join(userCacheRoot(), "thinktune", "data");
+}
+
+function userCacheRoot(): string {
+  if (process.env.XDG_CACHE_HOME) return process.env.XDG_CACHE_HOME;
+  if (process.platform === "win32" && process.env.LOCALAPPDATA) return process.env.LOCALAPPDATA;
+  if (process.platform === "darwin") return path.join(os.homedir(), "Library", "Caches");
+  return path.join(os.homedir(), ".cache");
 }
 
 export function cacheFilePath(cacheDir: string, key: string): string {

@@ -6,10 +6,10 @@
 import path from "node:path";
 import { checkModelFile, checkVocabulary } from "../gguf/model-check.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
-import { cacheFilePath, cacheKey, hashBytes, readCache, writeCache } from "./cache.js";
+import { cacheFilePath, cacheKey, defaultCacheDir, hashBytes, readCache, writeCache } from "./cache.js";
 import { DataError, type DataIssue, type DataIssueKind } from "./errors.js";
 import { detectFileFormat, normalizeRecord, type Conversation, type Turn } from "./formats.js";
-import { asPathList, parseDataOptions, type DataOptions, type ResolvedDataOptions } from "./options.js";
+import { asPathList, parseDataOptions, type DataFormat, type DataOptions, type ResolvedDataOptions } from "./options.js";
 import { splitValidation, type TokenizedExample } from "./pack.js";
 import { parseDataFile, readDataFiles, type DataFile } from "./read.js";
 import { lengthStats, type DataReport } from "./report.js";
@@ -208,7 +208,7 @@ function locateCache(options: ResolvedDataOptions, vocabulary: ModelVocabulary, 
     validation: describeFiles(inputs.validationFiles),
     options: keyedOptions,
   });
-  const file = cacheDir === false ? undefined : cacheFilePath(cacheDir ?? path.join(path.dirname(path.resolve(inputs.dataPaths[0])), ".thinktune-cache"), key);
+  const file = cacheDir === false ? undefined : cacheFilePath(cacheDir ?? defaultCacheDir(inputs.dataPaths[0]), key);
   return { key, file };
 }
 
@@ -230,13 +230,14 @@ function renderInputs(inputs: DataInputs, options: ResolvedDataOptions, template
       parsed.issues.forEach((issue) => issues.error(issue));
       rendered.records += parsed.records.length + parsed.issues.length;
       const fileFormat = options.format ?? detectFileFormat(parsed.records);
-      rendered.fileReports.push({ path: file.name, format: fileFormat, records: parsed.records.length + parsed.issues.length, role });
+      const formats: Partial<Record<DataFormat, number>> = {};
       for (const record of parsed.records) {
         const { conversation, issue } = normalizeRecord(record, options.format, fileFormat);
         if (issue) {
           issues.error(issue);
           continue;
         }
+        formats[conversation!.format] = (formats[conversation!.format] ?? 0) + 1;
         const turns = renderConversation(conversation!, template, options, thinkRequired, role);
         if (turns.issue) {
           issues.error(turns.issue);
@@ -245,6 +246,9 @@ function renderInputs(inputs: DataInputs, options: ResolvedDataOptions, template
         rendered.renderedTurns.set(`${record.file}:${record.line}`, conversation!.turns.length);
         rendered.pending.push(...turns.examples);
       }
+      const found = Object.keys(formats) as DataFormat[];
+      const format = found.length === 1 ? found[0] : found.length === 0 ? fileFormat : undefined;
+      rendered.fileReports.push({ path: file.name, format, formats, records: parsed.records.length + parsed.issues.length, role });
     }
   }
   return rendered;

@@ -41,7 +41,7 @@ export const DataOptions = dataSettingsSchema.extend({
   data: pathList,
   /** held-out validation data; when given, valSplit is not used */
   valData: pathList.optional(),
-  /** folder of the tokenized cache; default .thinktune-cache next to the (first) data path; false disables it */
+  /** folder of the tokenized cache; default .thinktune-cache next to the (first) data path (the user's cache folder for data inside node_modules); false disables it */
   cacheDir: z.union([z.string().min(1), z.literal(false)]).optional(),
   /** at most this many errors and this many warnings are listed (all are counted) */
   maxReportedIssues: z.int().min(1).default(100),

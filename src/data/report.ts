@@ -10,7 +10,15 @@ export interface LengthStats {
 }
 
 export interface DataReport {
-  files: { path: string; format?: DataFormat; records: number; role: "train" | "validation" }[];
+  files: {
+    path: string;
+    /** the format of every record in the file; undefined when none could be told or the file mixes formats */
+    format?: DataFormat;
+    /** records read in each format (a file may mix them) */
+    formats: Partial<Record<DataFormat, number>>;
+    records: number;
+    role: "train" | "validation";
+  }[];
   template: { source: string; opensThinking: boolean };
   /** the resolved --think mode */
   think: "required" | "optional";

@@ -4,7 +4,7 @@
 // so npm fetches nothing the repository's own install did not already bring.
 import { execFile } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -55,7 +55,7 @@ describe("the npm package", () => {
     expect(own.private).toBeUndefined();
     const { stdout } = await run("tar", ["-tzf", path.join(work, tarball)]);
     const files = new Set(stdout.split("\n"));
-    for (const file of ["dist/index.js", "dist/index.d.ts", "dist/cli/main.js", "scripts/build-native.mjs", "CMakeLists.txt", "binding.gyp", "models/tiny-r1.gguf", "examples/data/en.jsonl"]) {
+    for (const file of ["dist/index.js", "dist/index.d.ts", "dist/cli/main.js", "scripts/build-native.mjs", "CMakeLists.txt", "binding.gyp", "models/tiny-r1.gguf", "examples/data/en.jsonl", "LICENSE"]) {
       expect(files, file).toContain(`package/${file}`);
     }
     expect([...files].some((file) => /^package\/native\/.+\.cpp$/.test(file))).toBe(true);
@@ -63,7 +63,7 @@ describe("the npm package", () => {
   });
 
   it("installs into a fresh project, building the addon, and then imports and runs", async () => {
-    const env = { ...process.env, THINKTUNE_CUDA: "off" };
+    const env = { ...process.env, THINKTUNE_CUDA: "off", XDG_CACHE_HOME: path.join(work, "user-cache") };
     await run("npm", ["ci", "--prefer-offline", "--no-audit", "--no-fund"], { cwd: app, env, timeout: 600_000, maxBuffer: 64 << 20 });
     expect(existsSync(path.join(app, "node_modules", "thinktune", "build", "Release", "thinktune.node"))).toBe(true);
 
@@ -76,6 +76,9 @@ describe("the npm package", () => {
     // the demo defaults (embedded model and data) resolve inside the installed package
     await run("npx", ["thinktune", "train", "--max-steps", "1", "--preview-tokens", "0", "--out", "run"], { cwd: app, env, timeout: 300_000, maxBuffer: 16 << 20 });
     expect(existsSync(path.join(app, "run", "adapter", "adapter.gguf"))).toBe(true);
+    // its tokenized data cache goes to the user's cache folder, not into node_modules
+    expect(existsSync(path.join(app, "node_modules", "thinktune", "examples", ".thinktune-cache"))).toBe(false);
+    expect((await readdir(path.join(work, "user-cache", "thinktune", "data"))).some((file) => file.endsWith(".bin"))).toBe(true);
   }, 900_000);
 
   it("says what to install when no C++ compiler is found", async () => {

@@ -9,8 +9,10 @@ import { promisify } from "node:util";
 import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DataError, DataTemplateError, inspectTrainingData, loadTrainingData, type DataIssue, type DataOptions } from "../../src/data/index.js";
+import { defaultCacheDir } from "../../src/data/cache.js";
 import { resolveChatTemplate } from "../../src/data/templates.js";
 import { loadPartTokenizer, type PartTokenizer } from "../../src/data/tokenizer.js";
+import { formatDataReport } from "../../src/cli/data.js";
 import { synthModel } from "../helpers/models.js";
 
 const projectRoot = path.resolve(import.meta.dirname, "..", "..");
@@ -221,6 +223,15 @@ describe("inputs", () => {
     ]);
   });
 
+  it("labels a file that mixes formats as mixed, with the count of each, not by its first record", async () => {
+    const alpaca = (i: number) => JSON.stringify({ instruction: `What is ${i} + 2?`, output: `<think>\n${i} plus 2 is ${i + 2}.\n</think>\n\nIt is ${i + 2}.` });
+    const file = await writeLines("mixed.jsonl", [good("What is 1 + 1?", "1 plus 1 is 2.", "It is 2."), alpaca(1), alpaca(2), alpaca(3)]);
+    const { report } = await inspectTrainingData(tinyModel, { data: file, cacheDir: false }, { tokenizer });
+    expect(report.errors).toEqual([]);
+    expect(report.files[0]).toMatchObject({ format: undefined, formats: { "query-response": 1, alpaca: 3 } });
+    expect(formatDataReport(report)).toContain("mixed.jsonl: 4 records (mixed: alpaca 3, query-response 1)");
+  });
+
   it("needs a chat template: the model's, or a named built-in", async () => {
     const file = await writeLines("one.jsonl", [good("What is 1 + 1?", "1 plus 1 is 2.", "It is 2.")]);
     expect(() => resolveChatTemplate(undefined, undefined, "base.gguf")).toThrow(DataTemplateError);
@@ -245,6 +256,18 @@ describe("tokenized cache", () => {
     };
     return counting;
   }
+
+  it("lives beside the data by default, and in the user's cache folder for data inside node_modules", () => {
+    const saved = process.env.XDG_CACHE_HOME;
+    process.env.XDG_CACHE_HOME = path.join(dir, "xdg");
+    try {
+      expect(defaultCacheDir(path.join(dir, "data", "a.jsonl"))).toBe(path.join(dir, "data", ".thinktune-cache"));
+      expect(defaultCacheDir(path.join(dir, "app", "node_modules", "thinktune", "examples", "data"))).toBe(path.join(dir, "xdg", "thinktune", "data"));
+    } finally {
+      if (saved === undefined) delete process.env.XDG_CACHE_HOME;
+      else process.env.XDG_CACHE_HOME = saved;
+    }
+  });
 
   it("is hit on the second run and missed when the data, template, options or vocabulary change", async () => {
     const cacheDir = path.join(dir, "cache");
