@@ -96,6 +96,8 @@ export function formatDataReport(report: DataReport): string {
       ? "0 longer than max-length"
       : `${dropped.tooLong} longer than max-length ${dropped.maxLength} (${dropped.truncated > 0 ? `${dropped.truncated} truncated` : "dropped"}; the longest has ${dropped.longestIsLowerBound ? `at least ${dropped.longest} tokens, too many to count)` : `${dropped.longest} tokens: --max-length ${dropped.lengthToKeepAll} keeps them all)`}`;
   lines.push(`dropped: ${dropped.invalid} invalid, ${long}`);
+  const keeps = report.keptByLength.map(({ maxLength, kept }) => `${maxLength}${maxLength === dropped.maxLength ? " (now)" : ""}: ${kept}`);
+  lines.push(`examples kept whole of ${report.validExamples}, by max-length${report.contextLength === undefined ? "" : ` (context length ${report.contextLength})`}: ${keeps.join(", ")}`);
   const kinds = Object.entries(report.warningCounts).map(([kind, count]) => `${kind} ${count}`);
   lines.push(`warnings: ${report.warningCount}${kinds.length > 0 ? ` (${kinds.join(", ")})` : ""}`);
   for (const warning of report.warnings) lines.push(`  ${formatIssue(warning)}`);

@@ -345,6 +345,10 @@ interface KeptExample extends RenderedExample {
 
 interface LengthLimited {
   kept: KeptExample[];
+  /** the token length of every valid example that was tokenized, kept or not */
+  validLengths: number[];
+  /** valid examples dropped untokenized (certainly too long) */
+  untokenized: number;
   tooLong: number;
   truncated: number;
   longest: number;
@@ -361,15 +365,17 @@ function applyLengthLimit(
   tokenTexts: TokenTexts,
   keepTexts: boolean,
 ): LengthLimited {
-  const result: LengthLimited = { kept: [], tooLong: 0, truncated: 0, longest: 0, longestIsLowerBound: false };
+  const result: LengthLimited = { kept: [], validLengths: [], untokenized: 0, tooLong: 0, truncated: 0, longest: 0, longestIsLowerBound: false };
   for (const [example, atLeastTokens] of certainlyTooLong) {
     if (issues.isInvalid(example)) continue;
+    result.untokenized++;
     result.tooLong++;
     if (atLeastTokens > result.longest) [result.longest, result.longestIsLowerBound] = [atLeastTokens, true];
   }
   for (const { example, prompt, completion, reasoningTokens, answerTokens } of tokenized) {
     if (issues.isInvalid(example)) continue;
     let tokens = [...prompt, ...completion];
+    result.validLengths.push(tokens.length);
     if (tokens.length > result.longest) [result.longest, result.longestIsLowerBound] = [tokens.length, false];
     if (tokens.length > options.maxLength) {
       result.tooLong++;
@@ -410,12 +416,33 @@ interface ReportInputs {
   thinkRequired: boolean;
   rendered: RenderedData;
   limited: LengthLimited;
+  contextLength: number | undefined;
   split: { train: TokenizedExample[]; validation: TokenizedExample[] };
   issues: IssueLog;
   cache: { key: string; file?: string };
 }
 
-function buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache }: ReportInputs): DataReport {
+/** Examples each candidate length keeps whole: powers of two from 512 to the context length (or to the longest example), and maxLength. */
+function keptByLength(lengths: number[], maxLength: number, contextLength: number | undefined): DataReport["keptByLength"] {
+  const sorted = Float64Array.from(lengths).sort();
+  const upTo = contextLength ?? Math.max(maxLength, sorted.length > 0 ? sorted[sorted.length - 1] : 0);
+  const candidates = new Set([maxLength]);
+  for (let length = 512; length <= upTo; length *= 2) candidates.add(length);
+  if (contextLength !== undefined) candidates.add(contextLength);
+  const countUpTo = (limit: number): number => {
+    let low = 0;
+    let high = sorted.length;
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (sorted[middle] <= limit) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  };
+  return [...candidates].sort((a, b) => a - b).map((length) => ({ maxLength: length, kept: countUpTo(length) }));
+}
+
+function buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache, contextLength }: ReportInputs): DataReport {
   const { kept } = limited;
   const { train, validation } = split;
   const warningCounts: DataReport["warningCounts"] = {};
@@ -450,6 +477,9 @@ function buildReport({ options, template, thinkRequired, rendered, limited, spli
       lengthToKeepAll: limited.longest,
       maxLength: options.maxLength,
     },
+    keptByLength: keptByLength(limited.validLengths, options.maxLength, contextLength),
+    validExamples: limited.validLengths.length + limited.untokenized,
+    ...(contextLength === undefined ? {} : { contextLength }),
     errorCount: issues.errors.length,
     errors: issues.errors.slice(0, options.maxReportedIssues),
     warningCount: issues.warnings.length,
@@ -457,6 +487,12 @@ function buildReport({ options, template, thinkRequired, rendered, limited, spli
     warnings: issues.warnings.slice(0, options.maxReportedIssues),
     cache: { key: cache.key, file: cache.file, hit: false },
   };
+}
+
+/** The model's context length from its GGUF metadata; undefined for a vocabulary-only file. */
+function contextLengthOf(modelFile: GgufModelFile): number | undefined {
+  const value = modelFile.metadata[`${String(modelFile.metadata["general.architecture"])}.context_length`];
+  return typeof value === "number" || typeof value === "bigint" ? Number(value) : undefined;
 }
 
 /**
@@ -487,7 +523,7 @@ export async function inspectTrainingData(model: string | GgufModelFile, dataOpt
   issues.finish(rendered.fileReports, options.strict);
   const limited = applyLengthLimit(tokenized, certainlyTooLong, options, issues, vocabulary.tokenTexts, inspect.keepTexts ?? false);
   const split = splitKept(limited.kept, inputs.validationFiles.length > 0, options);
-  const report = buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache });
+  const report = buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache, contextLength: contextLengthOf(modelFile) });
 
   const result: Inspection = { ...split, report };
   if (inspect.keepTexts) result.rendered = limited.kept.map(({ source, tokens, lossFrom, prompt, completion }) => ({ source, tokens, lossFrom, prompt, completion }));

@@ -49,6 +49,15 @@ export interface DataReport {
     lengthToKeepAll: number;
     maxLength: number;
   };
+  /**
+   * How many valid examples each maxLength keeps whole: powers of two from 512 up to the model's context length,
+   * and maxLength itself. Huge examples dropped untokenized count as kept by no length.
+   */
+  keptByLength: { maxLength: number; kept: number }[];
+  /** valid examples, kept or not: what keptByLength counts out of */
+  validExamples: number;
+  /** the model's context length (its GGUF's context_length), when the file has one */
+  contextLength?: number;
   errorCount: number;
   /** the first maxReportedIssues errors */
   errors: DataIssue[];

@@ -8,6 +8,7 @@ import { nativeErrorCode, type NamedTensor } from "../native/addon.js";
 import { loadTrainingData, packExamples, type DataReport, type PackedRow, type TokenizedExample } from "../data/index.js";
 import { writeFileAtomic } from "../util/atomic-file.js";
 import { writeGgufAdapter } from "../export/gguf-adapter.js";
+import { modelConfigFromGguf } from "../gguf/model-config.js";
 import { readGgufModel, type GgufModelFile } from "../gguf/read.js";
 import { planEpoch, countSteps, type BatchingOptions, type EpochPlan } from "./batches.js";
 import {
@@ -256,6 +257,7 @@ export class Trainer {
     checkInputPaths(config);
     this.device = resolveDevice(config.device);
     this.model = await readGgufModel(config.model);
+    checkMaxLengthFitsContext(config.maxLength, this.model);
     const loaded = await loadTrainingData(this.model, dataOptionsOf(config));
     const trainRows = packExamples(loaded.train, config.maxLength);
     const validationRows = packExamples(loaded.validation, config.maxLength);
@@ -643,5 +645,15 @@ export class Trainer {
     };
     await writeFileAtomic(path.join(adapterDir, "thinktune.json"), `${JSON.stringify(description, null, 2)}\n`);
     return adapterPath;
+  }
+}
+
+/** Positions past the model's context length were never trained (RoPE); refuse before the data is tokenized. */
+function checkMaxLengthFitsContext(maxLength: number, model: GgufModelFile): void {
+  const { arch, contextLength } = modelConfigFromGguf(model);
+  if (maxLength > contextLength) {
+    throw new TrainingConfigError(
+      `maxLength (--max-length) ${maxLength} is more than the model's context length ${contextLength} (${arch}.context_length in ${model.path}); use --max-length ${contextLength} or less`,
+    );
   }
 }

@@ -232,6 +232,23 @@ describe("inputs", () => {
     expect(formatDataReport(report)).toContain("mixed.jsonl: 4 records (mixed: alpaca 3, query-response 1)");
   });
 
+  it("counts how many examples each max length keeps whole, up to the model's context length", async () => {
+    const file = await writeLines("lengths.jsonl", [60, 400, 700, 1500].map((count, i) => good(`Question ${i}?`, steps(Math.ceil(count / 12)), `Answer ${i}.`)));
+    const all = await inspectTrainingData(tinyModel, { data: file, maxLength: 4096, valSplit: 0, cacheDir: false }, { tokenizer });
+    const lengths = all.train.map((example) => example.tokens.length);
+    expect(lengths).toHaveLength(4);
+    const { report } = await inspectTrainingData(tinyModel, { data: file, maxLength: 1000, valSplit: 0, cacheDir: false }, { tokenizer });
+    expect(report.contextLength).toBe(4096);
+    expect(report.validExamples).toBe(4);
+    const expected = [512, 1000, 1024, 2048, 4096].map((maxLength) => ({ maxLength, kept: lengths.filter((length) => length <= maxLength).length }));
+    expect(report.keptByLength).toEqual(expected);
+    expect(new Set(expected.map((row) => row.kept)).size).toBeGreaterThan(2); // the lengths tell the limits apart
+    expect(report.keptByLength.find((row) => row.maxLength === 1000)!.kept).toBe(report.examples.total);
+    expect(formatDataReport(report)).toContain(
+      `examples kept whole of 4, by max-length (context length 4096): ${expected.map(({ maxLength, kept }) => `${maxLength}${maxLength === 1000 ? " (now)" : ""}: ${kept}`).join(", ")}`,
+    );
+  });
+
   it("needs a chat template: the model's, or a named built-in", async () => {
     const file = await writeLines("one.jsonl", [good("What is 1 + 1?", "1 plus 1 is 2.", "It is 2.")]);
     expect(() => resolveChatTemplate(undefined, undefined, "base.gguf")).toThrow(DataTemplateError);

@@ -163,4 +163,10 @@ describe("training loop (stand-in engine)", () => {
     const resumed = await collect((await Trainer.resume(out, { evalEvery: 1, threads: 1 })).run());
     expect(resumed.at(-1)).toMatchObject({ type: "done", reason: "completed" });
   });
+
+  it("refuses a max length past the model's context length before tokenizing, saying what to pass", async () => {
+    const root = await mkdtemp(path.join(tmpdir(), "thinktune-loop-"));
+    const trainer = new Trainer({ ...base, maxLength: 8192, out: path.join(root, "run") });
+    await expect(trainer.prepareData()).rejects.toThrow(/--max-length\) 8192 is more than the model's context length 4096 \(qwen2\.context_length in .*tiny-r1\.gguf\); use --max-length 4096 or less/);
+  });
 });
