@@ -75,6 +75,9 @@ class CpuBackend final : public Backend {
  private:
   float* block(LoraBlock which) const { return loraBlock(plan_->lora(), which); }
   void embed(const Row& row);
+  // use(r0, nRows, rows) over fp32 row chunks of a base matrix of any type
+  template <typename UseRows>
+  void forEachWeightChunk(const MappedTensor& weight, UseRows use);
   // out (T, N) = inp (T, K)·Wᵀ (+ bias) for a base matrix of any type
   void baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T);
   // out (T, N) [row stride ldOut] = inp (T, K)·rowsᵀ (+ bias) / dinp (T, K) (+)= dout·rows, in the
@@ -173,29 +176,32 @@ void CpuBackend::weightMatmulBackwardInput(float* dinp, const float* dout, ptrdi
   }
 }
 
-void CpuBackend::baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T) {
+// An F32 weight is used in place, in one piece; other types are dequantized a chunk of rows at a time.
+template <typename UseRows>
+void CpuBackend::forEachWeightChunk(const MappedTensor& weight, UseRows use) {
   const int64_t K = weight.rowLength, N = weight.nRows;
   const int64_t chunkRows = weight.type == quant::GgmlType::F32
                                 ? N
                                 : std::max<int64_t>(1, plan_->sizes().weightChunkFloats / K);
   for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
     const int64_t nRows = std::min(chunkRows, N - r0);
-    const float* rows = matrixRows(weight, r0, nRows, plan_->scratch().weightChunk);  // (nRows, K)
-    weightMatmulForward(out + r0, N, inp, rows, bias ? bias + r0 : nullptr, T, K, nRows);
+    use(r0, nRows, matrixRows(weight, r0, nRows, plan_->scratch().weightChunk));  // (nRows, K)
   }
+}
+
+void CpuBackend::baseForward(const MappedTensor& weight, const float* bias, const float* inp, float* out, int64_t T) {
+  const int64_t K = weight.rowLength, N = weight.nRows;
+  forEachWeightChunk(weight, [&](int64_t r0, int64_t nRows, const float* rows) {
+    weightMatmulForward(out + r0, N, inp, rows, bias ? bias + r0 : nullptr, T, K, nRows);
+  });
 }
 
 void CpuBackend::baseBackwardInput(const MappedTensor& weight, const float* dout, float* dinp, int64_t T,
                                bool accumulate) {
   const int64_t K = weight.rowLength, N = weight.nRows;
-  const int64_t chunkRows = weight.type == quant::GgmlType::F32
-                                ? N
-                                : std::max<int64_t>(1, plan_->sizes().weightChunkFloats / K);
-  for (int64_t r0 = 0; r0 < N; r0 += chunkRows) {
-    const int64_t nRows = std::min(chunkRows, N - r0);
-    const float* rows = matrixRows(weight, r0, nRows, plan_->scratch().weightChunk);  // (nRows, K)
+  forEachWeightChunk(weight, [&](int64_t r0, int64_t nRows, const float* rows) {
     weightMatmulBackwardInput(dinp, dout + r0, N, rows, T, K, nRows, accumulate || r0 > 0);
-  }
+  });
 }
 
 const float* CpuBackend::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass) {
