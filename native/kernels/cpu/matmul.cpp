@@ -1,4 +1,5 @@
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/gemm_tile.h"
 #include "kernels/cpu/threading.h"
 
 #include <omp.h>
@@ -130,14 +131,7 @@ void microKernel(int64_t kc, const float* __restrict__ packedA, const float* __r
     *reinterpret_cast<Vec*>(tile + r * NR) = alpha * acc0[r];
     *reinterpret_cast<Vec*>(tile + r * NR + kVectorFloats) = alpha * acc1[r];
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    float* out = c + r * ldc;
-    if (addToC) {
-      for (int64_t n = 0; n < cols; ++n) out[n] += tile[r * NR + n];
-    } else {
-      for (int64_t n = 0; n < cols; ++n) out[n] = tile[r * NR + n];
-    }
-  }
+  storeTileCorner(c, ldc, tile, NR, rows, cols, addToC);
 }
 
 }  // namespace

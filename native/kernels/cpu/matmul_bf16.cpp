@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/cpu/gemm_tile.h"
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/threading.h"
 
@@ -110,14 +111,7 @@ void microKernel(int64_t pairs, const uint32_t* __restrict__ packedA, const uint
     _mm512_store_ps(tile + r * NR, _mm512_mul_ps(acc0[r], scale));
     _mm512_store_ps(tile + r * NR + 16, _mm512_mul_ps(acc1[r], scale));
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    float* out = c + r * ldc;
-    if (addToC) {
-      for (int64_t n = 0; n < cols; ++n) out[n] += tile[r * NR + n];
-    } else {
-      for (int64_t n = 0; n < cols; ++n) out[n] = tile[r * NR + n];
-    }
-  }
+  storeTileCorner(c, ldc, tile, NR, rows, cols, addToC);
 }
 
 }  // namespace
