@@ -112,6 +112,12 @@ EngineOptions engineOptions(const Napi::Object& options) {
       throw Error(where + ".maxKeptLayers must be >= 0, got " + std::to_string(result.maxKeptLayers));
     }
   }
+  if (options.Has("feedForwardTokens") && !options.Get("feedForwardTokens").IsUndefined()) {
+    result.feedForwardTokens = integerField(options, "feedForwardTokens", where);
+    if (result.feedForwardTokens < 1) {
+      throw Error(where + ".feedForwardTokens must be >= 1, got " + std::to_string(result.feedForwardTokens));
+    }
+  }
   if (options.Has("gpuMemoryBytes") && !options.Get("gpuMemoryBytes").IsUndefined()) {
     result.gpuMemoryBytes = integerField(options, "gpuMemoryBytes", where);
   }

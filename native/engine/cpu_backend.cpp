@@ -34,6 +34,17 @@ using namespace kernels;
 namespace {
 constexpr int64_t kWeightChunkFloats = int64_t{4} << 20;  // 16 MiB of dequantized rows
 constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;  // 32 MiB of (tokens, vocab chunk) logits
+// Each of the four (positions, F) feed-forward buffers holds at most this much: memory stays flat in the
+// sequence length (a 7B's F = 18944 runs 1771 positions a chunk; the embedded tiny model never chunks).
+constexpr int64_t kFeedForwardChunkFloats = int64_t{32} << 20;  // 128 MiB
+
+// Positions [begin, begin + count) of a row of rowLength: a feed-forward chunk, or the whole row.
+struct TokenRange {
+  int64_t begin;
+  int64_t count;
+  int64_t rowLength;
+  static TokenRange whole(int64_t T) { return {0, T, T}; }
+};
 
 // a (N) += b (N)
 void addInPlace(float* a, const float* b, int64_t N) {
@@ -88,13 +99,27 @@ class CpuBackend final : public Backend {
                                  int64_t K, int64_t N, bool accumulate);
   // dinp (T, K) (+)= dout (T, N)·W
   void baseBackwardInput(const MappedTensor& weight, const float* dout, float* dinp, int64_t T, bool accumulate);
-  // out (T, N) += scale·((dropout(inp)·Aᵀ)·Bᵀ), keeping x·Aᵀ in the LoRA hidden buffer
-  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, const Pass& pass);
-  // parameter grads += ; dinp (T, K) += the LoRA path's input gradient (skipped when dinp is null)
-  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
+  // For the positions of `span` (inp, out and dinp point at its first): out (count, N) +=
+  // scale·((dropout(inp)·Aᵀ)·Bᵀ), keeping x·Aᵀ in the LoRA hidden buffer
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, TokenRange span, const Pass& pass);
+  // parameter grads += ; dinp (count, K) += the LoRA path's input gradient (skipped when dinp is null)
+  void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, TokenRange span,
                     const Pass& pass);
-  // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
-  const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass);
+  // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput (the masks of the whole row's
+  // elements, whatever the span)
+  const float* loraInput(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass);
+  float* loraHidden(const LoraAdapter& adapter, TokenRange span) const;
+  // the LoRA hidden product alone: loraHidden = dropout(inp)·Aᵀ (count, R)
+  void loraHiddenForward(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass);
+  // a base product plus its adapter's, when the layer has one
+  void projectForward(int64_t layer, Projection p, const float* bias, const float* inp, float* out, TokenRange span,
+                      const Pass& pass);
+  void projectBackward(int64_t layer, Projection p, const float* inp, const float* dout, float* dinp, TokenRange span,
+                       bool accumulate, const Pass& pass);
+  // attention half of a layer's forward, up to the feed-forward's RMSNorm output normed2
+  void attentionForward(int64_t layer, int64_t T, const Pass& pass);
+  // gate, up and hidden = silu(gate)·up of a feed-forward chunk
+  void gateUpForward(int64_t layer, TokenRange chunk, const Pass& pass);
 
   Precision precision_;
   int threads_ = 1;
@@ -117,6 +142,9 @@ CpuBackend::CpuBackend(const EngineOptions& options, const Model& model, const L
   sizes.maxTokens = options.maxTokens;
   sizes.threads = threads_;
   sizes.vocabChunk = std::min<int64_t>(c.nVocab, std::max<int64_t>(256, kLogitsChunkFloats / sizes.maxTokens));
+  sizes.feedForwardTokens = std::min<int64_t>(
+      sizes.maxTokens, options.feedForwardTokens > 0 ? options.feedForwardTokens
+                                                     : std::max<int64_t>(16, kFeedForwardChunkFloats / c.nFf));
   const int64_t largestMatrix = model.maxRows() * model.maxRowLength();
   sizes.weightChunkFloats = std::max(std::min(kWeightChunkFloats, largestMatrix),
                                      std::max(model.maxRowLength() * 32, sizes.vocabChunk * c.nEmbd));
@@ -204,41 +232,53 @@ void CpuBackend::baseBackwardInput(const MappedTensor& weight, const float* dout
   });
 }
 
-const float* CpuBackend::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass) {
+const float* CpuBackend::loraInput(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass) {
   const float dropout = lora_.options().dropout;
   if (!pass.training || dropout <= 0.0f) return inp;
-  const int64_t K = adapter.in;
-  float* dropped = plan_->scratch().droppedInput;  // (T, K)
+  const int64_t K = adapter.in, n = span.count * K;
+  const uint64_t first = static_cast<uint64_t>(span.begin * K);
+  float* dropped = plan_->scratch().droppedInput;  // (count, K)
   const float keepScale = 1.0f / (1.0f - dropout);
   const uint64_t step = pass.dropoutStep;
-#pragma omp parallel for schedule(static) if (T * K >= kParallelMinWork)
-  for (int64_t i = 0; i < T * K; ++i) {
-    dropped[i] = lora_.keeps(step, adapter.layer, adapter.projection, static_cast<uint64_t>(i)) ? inp[i] * keepScale
-                                                                                                 : 0.0f;
+#pragma omp parallel for schedule(static) if (n >= kParallelMinWork)
+  for (int64_t i = 0; i < n; ++i) {
+    dropped[i] = lora_.keeps(step, adapter.layer, adapter.projection, first + static_cast<uint64_t>(i)) ? inp[i] * keepScale
+                                                                                                       : 0.0f;
   }
   return dropped;
 }
 
-void CpuBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, int64_t T, const Pass& pass) {
-  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
-  const float* params = plan_->lora().params;
-  const float* x = loraInput(adapter, inp, T, pass);                                     // (T, K)
-  float* hidden = plan_->cpuBuffers().loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
-  matmul_forward(hidden, R, x, params + adapter.offsetA, nullptr, T, K, R, false, plan_->scratch().gemm);
-  // out (T, N) += scale · hidden (T, R) · B (N, R)ᵀ
-  gemm(T, N, R, lora_.scale(), hidden, R, 1, params + adapter.offsetB, 1, R, out, N, true, plan_->scratch().gemm);
+float* CpuBackend::loraHidden(const LoraAdapter& adapter, TokenRange span) const {
+  const int64_t R = lora_.options().rank;
+  // (7, rowLength, R): each projection's x·Aᵀ over the whole row
+  return plan_->cpuBuffers().loraHidden + (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * R;
 }
 
-void CpuBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, int64_t T,
+void CpuBackend::loraHiddenForward(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass) {
+  const int64_t R = lora_.options().rank;
+  const float* x = loraInput(adapter, inp, span, pass);  // (T, K)
+  matmul_forward(loraHidden(adapter, span), R, x, plan_->lora().params + adapter.offsetA, nullptr, span.count,
+                 adapter.in, R, false, plan_->scratch().gemm);
+}
+
+void CpuBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, TokenRange span, const Pass& pass) {
+  const int64_t R = lora_.options().rank, N = adapter.out, T = span.count;
+  loraHiddenForward(adapter, inp, span, pass);
+  // out (T, N) += scale · hidden (T, R) · B (N, R)ᵀ
+  gemm(T, N, R, lora_.scale(), loraHidden(adapter, span), R, 1, plan_->lora().params + adapter.offsetB, 1, R, out, N,
+       true, plan_->scratch().gemm);
+}
+
+void CpuBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp, TokenRange span,
                               const Pass& pass) {
-  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
+  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out, T = span.count;
   const float scale = lora_.scale();
   const float* params = plan_->lora().params;
   float* grads = plan_->lora().grads;
   float* workspace = plan_->scratch().gemm;
-  const float* hidden = plan_->cpuBuffers().loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
+  const float* hidden = loraHidden(adapter, span);    // (T, R)
   float* dHidden = plan_->activations().dLoraHidden;  // (T, R)
-  const float* x = loraInput(adapter, inp, T, pass);  // (T, K)
+  const float* x = loraInput(adapter, inp, span, pass);  // (T, K)
   matmul_backward_weight(grads + adapter.offsetB, dout, hidden, T, R, N, scale, workspace);
   matmul_backward_input(dHidden, dout, N, params + adapter.offsetB, T, R, N, scale, false, workspace);
   matmul_backward_weight(grads + adapter.offsetA, dHidden, x, T, K, R, 1.0f, workspace);
@@ -252,11 +292,23 @@ void CpuBackend::loraBackward(const LoraAdapter& adapter, const float* inp, cons
   matmul_backward_input(dDropped, dHidden, R, params + adapter.offsetA, T, K, R, 1.0f, false, workspace);
   const float dropout = lora_.options().dropout;
   const float keepScale = 1.0f / (1.0f - dropout);
-  const uint64_t step = pass.dropoutStep;
+  const uint64_t step = pass.dropoutStep, first = static_cast<uint64_t>(span.begin * K);
 #pragma omp parallel for schedule(static) if (T * K >= kParallelMinWork)
   for (int64_t i = 0; i < T * K; ++i) {
-    if (lora_.keeps(step, adapter.layer, adapter.projection, static_cast<uint64_t>(i))) dinp[i] += dDropped[i] * keepScale;
+    if (lora_.keeps(step, adapter.layer, adapter.projection, first + static_cast<uint64_t>(i))) dinp[i] += dDropped[i] * keepScale;
   }
+}
+
+void CpuBackend::projectForward(int64_t layer, Projection p, const float* bias, const float* inp, float* out,
+                                TokenRange span, const Pass& pass) {
+  baseForward(*model_.layer(layer).matrix[static_cast<int>(p)], bias, inp, out, span.count);
+  if (const LoraAdapter* adapter = lora_.find(layer, p)) loraForward(*adapter, inp, out, span, pass);
+}
+
+void CpuBackend::projectBackward(int64_t layer, Projection p, const float* inp, const float* dout, float* dinp,
+                                 TokenRange span, bool accumulate, const Pass& pass) {
+  if (dinp) baseBackwardInput(*model_.layer(layer).matrix[static_cast<int>(p)], dout, dinp, span.count, accumulate);
+  if (const LoraAdapter* adapter = lora_.find(layer, p)) loraBackward(*adapter, inp, dout, dinp, span, pass);
 }
 
 void CpuBackend::beginRow(const Row& row) {
@@ -298,39 +350,46 @@ void CpuBackend::embed(const Row& row) {
   }
 }
 
-void CpuBackend::layerForward(int64_t layer, int64_t T, const Pass& pass) {
+void CpuBackend::attentionForward(int64_t layer, int64_t T, const Pass& pass) {
   const ModelConfig& c = model_.config();
   const LayerWeights& w = model_.layer(layer);
   const ActivationBuffers& a = plan_->activations();
   const CpuBuffers& b = plan_->cpuBuffers();
-  const int64_t C = c.nEmbd, F = c.nFf;
+  const int64_t C = c.nEmbd;
   const float* x = a.residual + layer * T * C;  // (T, C) layer input
-  float* next = a.residual + (layer + 1) * T * C;  // (T, C) layer output
+  const TokenRange row = TokenRange::whole(T);
 
   rmsnorm_forward(a.normed1, a.rstd1, x, w.attnNorm, T, C, c.rmsEps);
   float* qkv[3] = {a.q, a.k, a.v};
-  for (int p = 0; p < 3; ++p) {
-    baseForward(*w.matrix[p], w.bias[p], a.normed1, qkv[p], T);
-    if (const LoraAdapter* adapter = lora_.find(layer, static_cast<Projection>(p)))
-      loraForward(*adapter, a.normed1, qkv[p], T, pass);
-  }
+  for (int p = 0; p < 3; ++p) projectForward(layer, static_cast<Projection>(p), w.bias[p], a.normed1, qkv[p], row, pass);
   rope_forward(a.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
   rope_forward(a.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
   attention_forward(a.attn, b.lse, a.q, a.k, a.v, a.seqStart, T, c.nHead, c.nHeadKv, c.headDim,
                     1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
-  baseForward(*w.matrix[static_cast<int>(Projection::O)], nullptr, a.attn, b.residual2, T);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::O)) loraForward(*adapter, a.attn, b.residual2, T, pass);
+  projectForward(layer, Projection::O, nullptr, a.attn, b.residual2, row, pass);
   addInPlace(b.residual2, x, T * C);
-
   rmsnorm_forward(a.normed2, a.rstd2, b.residual2, w.ffnNorm, T, C, c.rmsEps);
-  baseForward(*w.matrix[static_cast<int>(Projection::Gate)], nullptr, a.normed2, a.gate, T);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate)) loraForward(*adapter, a.normed2, a.gate, T, pass);
-  baseForward(*w.matrix[static_cast<int>(Projection::Up)], nullptr, a.normed2, a.up, T);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up)) loraForward(*adapter, a.normed2, a.up, T, pass);
-  swiglu_forward(a.hidden, a.gate, a.up, T * F);
-  baseForward(*w.matrix[static_cast<int>(Projection::Down)], nullptr, a.hidden, next, T);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Down)) loraForward(*adapter, a.hidden, next, T, pass);
-  addInPlace(next, b.residual2, T * C);
+}
+
+void CpuBackend::gateUpForward(int64_t layer, TokenRange chunk, const Pass& pass) {
+  const ActivationBuffers& a = plan_->activations();
+  const float* normed2 = a.normed2 + chunk.begin * model_.config().nEmbd;
+  projectForward(layer, Projection::Gate, nullptr, normed2, a.gate, chunk, pass);
+  projectForward(layer, Projection::Up, nullptr, normed2, a.up, chunk, pass);
+  swiglu_forward(a.hidden, a.gate, a.up, chunk.count * model_.config().nFf);
+}
+
+void CpuBackend::layerForward(int64_t layer, int64_t T, const Pass& pass) {
+  const ActivationBuffers& a = plan_->activations();
+  const int64_t C = model_.config().nEmbd, TF = plan_->sizes().feedForwardTokens;
+  attentionForward(layer, T, pass);
+  float* next = a.residual + (layer + 1) * T * C;  // (T, C) layer output
+  for (int64_t t0 = 0; t0 < T; t0 += TF) {
+    const TokenRange chunk{t0, std::min(TF, T - t0), T};
+    gateUpForward(layer, chunk, pass);
+    projectForward(layer, Projection::Down, nullptr, a.hidden, next + t0 * C, chunk, pass);
+  }
+  addInPlace(next, plan_->cpuBuffers().residual2, T * C);
 }
 
 void CpuBackend::layerBackward(int64_t layer, int64_t T, const Pass& pass, bool recompute, bool inputGradient) {
@@ -338,38 +397,41 @@ void CpuBackend::layerBackward(int64_t layer, int64_t T, const Pass& pass, bool 
   const LayerWeights& w = model_.layer(layer);
   const ActivationBuffers& a = plan_->activations();
   const CpuBuffers& b = plan_->cpuBuffers();
-  const int64_t F = c.nFf;
-  if (recompute) layerForward(layer, T, pass);  // this layer's activations from its saved input
-  const float* x = a.residual + layer * T * c.nEmbd;  // (T, C)
+  const int64_t C = c.nEmbd, F = c.nFf, TF = plan_->sizes().feedForwardTokens;
+  // this layer's activations from its saved input; the feed-forward's chunk by chunk below (its output is not needed)
+  if (recompute) attentionForward(layer, T, pass);
+  const float* x = a.residual + layer * T * C;  // (T, C)
+  const TokenRange row = TokenRange::whole(T);
 
-  // FFN: a.dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
-  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Down)], a.dResidual, a.dHidden, T, false);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Down))
-    loraBackward(*adapter, a.hidden, a.dResidual, a.dHidden, T, pass);
-  swiglu_backward(a.gate, a.up, a.dHidden, a.gate, a.up, T * F);  // gate, up now hold their gradients
-  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Gate)], a.gate, a.dNormed, T, false);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Gate))
-    loraBackward(*adapter, a.normed2, a.gate, a.dNormed, T, pass);
-  baseBackwardInput(*w.matrix[static_cast<int>(Projection::Up)], a.up, a.dNormed, T, true);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::Up))
-    loraBackward(*adapter, a.normed2, a.up, a.dNormed, T, pass);
-  rmsnorm_backward(a.dResidual, a.dNormed, b.residual2, w.ffnNorm, a.rstd2, T, c.nEmbd);
+  // FFN, a chunk of positions at a time: a.dResidual holds dL/d(layer output) and, by the skip
+  // connection, part of dL/d(residual2). The forward left gate/up/hidden of its last chunk only.
+  const bool wholeFeedForwardKept = !recompute && T <= TF;
+  for (int64_t t0 = 0; t0 < T; t0 += TF) {
+    const TokenRange chunk{t0, std::min(TF, T - t0), T};
+    const float* normed2 = a.normed2 + t0 * C;
+    float* dNormed = a.dNormed + t0 * C;
+    if (!wholeFeedForwardKept) {
+      gateUpForward(layer, chunk, pass);
+      // the down projection's output is not needed again, but its adapter's backward reads hidden·Aᵀ
+      if (const LoraAdapter* down = lora_.find(layer, Projection::Down)) loraHiddenForward(*down, a.hidden, chunk, pass);
+    }
+    projectBackward(layer, Projection::Down, a.hidden, a.dResidual + t0 * C, a.dHidden, chunk, false, pass);
+    swiglu_backward(a.gate, a.up, a.dHidden, a.gate, a.up, chunk.count * F);  // gate, up now hold their gradients
+    projectBackward(layer, Projection::Gate, normed2, a.gate, dNormed, chunk, false, pass);
+    projectBackward(layer, Projection::Up, normed2, a.up, dNormed, chunk, true, pass);
+  }
+  rmsnorm_backward(a.dResidual, a.dNormed, b.residual2, w.ffnNorm, a.rstd2, T, C);
 
   // attention: a.dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  baseBackwardInput(*w.matrix[static_cast<int>(Projection::O)], a.dResidual, a.dAttn, T, false);
-  if (const LoraAdapter* adapter = lora_.find(layer, Projection::O))
-    loraBackward(*adapter, a.attn, a.dResidual, a.dAttn, T, pass);
+  projectBackward(layer, Projection::O, a.attn, a.dResidual, a.dAttn, row, false, pass);
   attention_backward(a.dq, a.dk, a.dv, a.dAttn, a.q, a.k, a.v, a.attn, b.lse, a.seqStart, b.seqEnd, T, c.nHead,
                      c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
   rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
   rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
   float* dqkv[3] = {a.dq, a.dk, a.dv};
-  for (int p = 0; p < 3; ++p) {
-    if (inputGradient) baseBackwardInput(*w.matrix[p], dqkv[p], a.dNormed, T, p > 0);
-    if (const LoraAdapter* adapter = lora_.find(layer, static_cast<Projection>(p)))
-      loraBackward(*adapter, a.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, T, pass);
-  }
-  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, c.nEmbd);
+  for (int p = 0; p < 3; ++p)
+    projectBackward(layer, static_cast<Projection>(p), a.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, row, p > 0, pass);
+  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, C);
 }
 
 int64_t CpuBackend::lossHead(const Row& row, bool withGradient) {

@@ -59,7 +59,7 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
 
   flash_ = flashAttentionSupports(c.headDim, c.nHead, c.nHeadKv);
   BufferLayout act(kAlignment);
-  layoutActivations(act, activations_, c, T, R, /*sharedFeedForward=*/true);
+  layoutActivations(act, activations_, c, T, /*feedForwardTokens=*/T, R, /*sharedFeedForward=*/true);
   addLayerActivations(act, shared_, c, T, R);
   CudaRowBuffers& b = rowBuffers_;
   act.add(b.tokens, T);

@@ -53,8 +53,8 @@ std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& l,
   return {{{l.params, l.savedParams}, {l.m, l.savedM}, {l.v, l.savedV}}};
 }
 
-void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfig& c, int64_t T, int64_t R,
-                       bool sharedFeedForward) {
+void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfig& c, int64_t T, int64_t TF,
+                       int64_t R, bool sharedFeedForward) {
   const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf;
   act.add(a.residual, (c.nLayer + 1) * T * C);
   act.add(a.normed1, T * C);
@@ -65,9 +65,9 @@ void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfi
   act.add(a.attn, T * QD);
   act.add(a.normed2, T * C);
   act.add(a.rstd2, T);
-  if (!sharedFeedForward) act.add(a.gate, T * F);
-  act.add(a.up, T * F);
-  if (!sharedFeedForward) act.add(a.hidden, T * F);
+  if (!sharedFeedForward) act.add(a.gate, TF * F);
+  act.add(a.up, TF * F);
+  if (!sharedFeedForward) act.add(a.hidden, TF * F);
   act.add(a.normedFinal, T * C);
   act.add(a.rstdFinal, T);
   act.add(a.ropeCache, T * c.headDim);
@@ -78,7 +78,7 @@ void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfi
   act.add(a.dq, T * QD);
   act.add(a.dk, T * KD);
   act.add(a.dv, T * KD);
-  act.add(a.dHidden, T * F);
+  act.add(a.dHidden, TF * F);
   act.add(a.dLoraHidden, T * R);
   act.add(a.lossInput, T * C);
   act.add(a.dLossInput, T * C);
@@ -94,13 +94,12 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   const ModelConfig& c = model.config();
   const int64_t T = sizes.maxTokens;
   const int64_t C = c.nEmbd, QD = c.qDim(), F = c.nFf, R = lora.options().rank;
-  const int64_t widest = std::max(std::max(C, QD), F);
 
   BufferLayout loraLayout(kAlignment);
   layoutLora(loraLayout, lora_, static_cast<int64_t>(lora.parameterCount()));
 
   BufferLayout act(kAlignment);
-  layoutActivations(act, activations_, c, T, R);
+  layoutActivations(act, activations_, c, T, sizes.feedForwardTokens, R);
   CpuBuffers& b = cpuBuffers_;
   act.add(b.lse, c.nHead * T);
   act.add(b.residual2, T * C);
@@ -112,7 +111,7 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   ScratchBuffers& s = scratch_;
   scratch.add(s.weightChunk, sizes.weightChunkFloats);
   scratch.add(s.logitsChunk, T * sizes.vocabChunk);
-  scratch.add(s.droppedInput, T * widest);
+  scratch.add(s.droppedInput, std::max(T * std::max(C, QD), sizes.feedForwardTokens * F));
   scratch.add(s.gemm, static_cast<int64_t>(kernels::gemmWorkspaceFloats(sizes.threads)));
   scratch.add(s.attention, static_cast<int64_t>(kernels::attentionWorkspaceFloats(T, c.nHead, sizes.threads)));
 

@@ -62,7 +62,7 @@ std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& bu
 
 // Activation lifetime: the buffers of one row of up to T = maxTokens positions that both backends
 // lay out alike (layoutActivations). C = nEmbd, QD = nHead·headDim, KD = nHeadKv·headDim, F = nFf,
-// R = LoRA rank. What a layer's backward reads of its forward beyond these (attention statistics,
+// R = LoRA rank, TF = positions per feed-forward chunk (T when the backend runs the block whole). What a layer's backward reads of its forward beyond these (attention statistics,
 // the feed-forward input, the LoRA hidden products) each backend keeps its own way (CpuBuffers here,
 // LayerActivations in cuda_plan.cuh).
 struct ActivationBuffers {
@@ -75,9 +75,9 @@ struct ActivationBuffers {
   float* attn = nullptr;       // (T, QD) attention output
   float* normed2 = nullptr;    // (T, C) FFN RMSNorm output
   float* rstd2 = nullptr;      // (T)
-  float* gate = nullptr;       // (T, F) gate projection; holds d(gate) in the CPU's backward
-  float* up = nullptr;         // (T, F) up projection; holds d(up) in the backward
-  float* hidden = nullptr;     // (T, F) silu(gate)·up
+  float* gate = nullptr;       // (TF, F) gate projection; holds d(gate) in the CPU's backward
+  float* up = nullptr;         // (TF, F) up projection; holds d(up) in the backward
+  float* hidden = nullptr;     // (TF, F) silu(gate)·up
   float* normedFinal = nullptr;  // (T, C)
   float* rstdFinal = nullptr;    // (T)
   float* ropeCache = nullptr;    // (T, headDim)
@@ -89,7 +89,7 @@ struct ActivationBuffers {
   float* dq = nullptr;         // (T, QD)
   float* dk = nullptr;         // (T, KD)
   float* dv = nullptr;         // (T, KD)
-  float* dHidden = nullptr;    // (T, F)
+  float* dHidden = nullptr;    // (TF, F)
   float* dLoraHidden = nullptr;  // (T, R)
   // loss head: the positions that have a target, packed
   float* lossInput = nullptr;    // (T, C)
@@ -105,7 +105,7 @@ struct ActivationBuffers {
 // and up once the layout is assigned (the CUDA backend: gate's product is consumed before dHidden is
 // written, and SwiGLU writes hidden over up in place)
 void layoutActivations(BufferLayout& layout, ActivationBuffers& buffers, const ModelConfig& config, int64_t T,
-                       int64_t rank, bool sharedFeedForward = false);
+                       int64_t feedForwardTokens, int64_t rank, bool sharedFeedForward = false);
 
 // The CPU backend's own activation buffers.
 struct CpuBuffers {
@@ -120,7 +120,7 @@ struct CpuBuffers {
 struct ScratchBuffers {
   float* weightChunk = nullptr;  // (weightChunkFloats) dequantized rows of one base matrix
   float* logitsChunk = nullptr;  // (T, vocabChunk)
-  float* droppedInput = nullptr;  // (T, max(C, QD, F)) LoRA input after dropout
+  float* droppedInput = nullptr;  // (max(T·max(C, QD), TF·F)) LoRA input after dropout
   float* gemm = nullptr;          // kernels::gemmWorkspaceFloats(threads)
   float* attention = nullptr;     // kernels::attentionWorkspaceFloats(T, nHead, threads)
 };
@@ -129,6 +129,7 @@ struct PlanSizes {
   int64_t maxTokens = 0;
   int64_t weightChunkFloats = 0;  // dequantized base-matrix rows held at a time (whole rows)
   int64_t vocabChunk = 0;       // vocabulary ids per lm_head chunk
+  int64_t feedForwardTokens = 0;  // positions per feed-forward chunk: no (T, F) buffer exists whole
   int threads = 1;
 };
 

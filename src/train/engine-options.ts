@@ -43,6 +43,8 @@ export const engineOptionsSchema = z.strictObject({
   gpuMemoryBytes: z.int().min(1).optional(),
   /** CUDA only: keep at most this many layers' activations (default: as many as the memory budget fits; 0 = lean, recompute every layer) */
   maxKeptLayers: z.int().min(0).optional(),
+  /** CPU only: positions per feed-forward chunk (default: each (positions, FFN width) buffer holds at most 128 MiB, so memory stays flat in the sequence length) */
+  feedForwardTokens: z.int().min(1).optional(),
   /** longest row (tokens) a batch may hold; defaults to min(2048, the model's context length) */
   maxTokens: z.int().min(1).optional(),
   /** `seed` draws the initial A matrices and the dropout masks */

@@ -110,6 +110,7 @@ export class Engine {
       maxTokens,
       ...(resolved.gpuMemoryBytes === undefined ? {} : { gpuMemoryBytes: resolved.gpuMemoryBytes }),
       ...(resolved.maxKeptLayers === undefined ? {} : { maxKeptLayers: resolved.maxKeptLayers }),
+      ...(resolved.feedForwardTokens === undefined ? {} : { feedForwardTokens: resolved.feedForwardTokens }),
     };
     const native = await loadNativeAddon().Engine.create(nativeOptions);
     return new Engine(native, file.path, config, resolved);

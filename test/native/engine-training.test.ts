@@ -50,6 +50,36 @@ describe("training", () => {
   });
 });
 
+describe("memory", () => {
+  it("the feed-forward block run over chunks of positions gives the same losses, gradients and logits as run whole", async () => {
+    const file = await q8Model();
+    const options = { threads: 2, maxTokens: 64, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] as const } };
+    const whole = await Engine.load(file, { ...options, lora: { ...options.lora, targets: [...options.lora.targets] } });
+    const chunked = await Engine.load(file, { ...options, lora: { ...options.lora, targets: [...options.lora.targets] }, feedForwardTokens: 7 });
+    try {
+      expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
+      const lora = await randomizeLora(whole, 5, 0.05);
+      await chunked.setLora(lora);
+      const rows = [packedRow([randomTokens(30, smallModel.nVocab, 51), randomTokens(20, smallModel.nVocab, 52)], 3)];
+      // training steps (dropout on: each position keeps its mask whatever chunk it falls in), then gradients
+      for (let step = 0; step < 3; step++) {
+        const [a, b] = [await whole.step(rows, 1e-3), await chunked.step(rows, 1e-3)];
+        expect(Math.abs(a.lossSum - b.lossSum) / a.lossSum).toBeLessThanOrEqual(1e-6);
+      }
+      const [a, b] = [await whole.gradients(rows), await chunked.gradients(rows)];
+      for (let i = 0; i < a.tensors.length; i++) {
+        const scale = Math.max(...a.tensors[i]!.data.map(Math.abs));
+        expect(maxAbsDifference(a.tensors[i]!.data, b.tensors[i]!.data) / scale, a.tensors[i]!.name).toBeLessThanOrEqual(1e-5);
+      }
+      const tokens = randomTokens(40, smallModel.nVocab, 53);
+      expect(maxAbsDifference(await whole.logits(tokens), await chunked.logits(tokens))).toBeLessThanOrEqual(1e-5);
+    } finally {
+      whole.dispose();
+      chunked.dispose();
+    }
+  });
+});
+
 describe("packing", () => {
   let engine: Engine;
   // the second sequence starts inside the second 64-position attention block
