@@ -13,7 +13,7 @@ import {
   type ConfigLayer,
   type TrainingConfig,
 } from "../train/config.js";
-import { generatePreview, type Preview } from "../train/preview.js";
+import { generatePreview, verbatimLeadingWords, type Preview } from "../train/preview.js";
 import { Trainer, TrainingDivergedError, type TrainerEvent, type TrainerStepEvent } from "../train/trainer.js";
 import type { DataReport } from "../data/index.js";
 import { resolveModelSource } from "./model-source.js";
@@ -360,6 +360,10 @@ function printPreview(source: string, maxTokens: number, before: Preview, after:
   console.log(`--- trained answer (from the data) ---\n${printableText(before.reference ?? "")}`);
   console.log(`--- before training ---\n${printableText(before.answer)}`);
   console.log(`--- after training (base model + adapter) ---\n${printableText(after.answer)}`);
+  if (before.reference) {
+    const { words, of } = verbatimLeadingWords(before.reference, after.answer);
+    console.log(`--- the adapter repeats the trained answer's first ${words} of ${of} words verbatim (before training: ${verbatimLeadingWords(before.reference, before.answer).words}) ---`);
+  }
 }
 
 export function registerTrainCommand(program: Command): void {

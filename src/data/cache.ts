@@ -9,7 +9,7 @@ import type { TokenizedExample } from "./pack.js";
 
 const magic = "TTDC";
 /** bump when what is cached, or how it is made, changes */
-export const cacheFormatVersion = 2;
+export const cacheFormatVersion = 3;
 
 export interface CachedData<Report> {
   train: TokenizedExample[];

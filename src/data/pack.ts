@@ -1,5 +1,6 @@
 // Packs tokenized examples into rows of at most maxLength tokens (first-fit decreasing), with loss targets.
 import { createHash } from "node:crypto";
+import path from "node:path";
 import type { NativeRow } from "../native/addon.js";
 
 export interface TokenizedExample {
@@ -62,13 +63,22 @@ export function packExamples(examples: readonly TokenizedExample[], maxLength: n
 
 /**
  * Splits examples into train and validation by a seeded hash of their source, so a record's examples stay
- * together and the split does not move when other records are added.
+ * together and the split does not move when other records are added, nor when the data moves: sources
+ * ("file:line") are hashed by their path below the folder all the files share.
  */
 export function splitValidation<T extends { source: string }>(examples: T[], fraction: number, seed: number): { train: T[]; validation: T[] } {
   const sources = [...new Set(examples.map((example) => example.source))];
   const count = Math.min(Math.floor(sources.length * fraction), sources.length - 1);
   if (count <= 0) return { train: examples, validation: [] };
-  const rank = (source: string): string => createHash("sha256").update(`${seed}\0${source}`).digest("hex");
+  const locate = (source: string) => {
+    const colon = source.lastIndexOf(":");
+    return colon < 0 ? { file: source, line: "" } : { file: source.slice(0, colon), line: source.slice(colon) };
+  };
+  const root = commonFolder(sources.map((source) => locate(source).file));
+  const rank = (source: string): string => {
+    const { file, line } = locate(source);
+    return createHash("sha256").update(`${seed}\0${path.relative(root, file).split(path.sep).join("/")}${line}`).digest("hex");
+  };
   const held = new Set(
     sources
       .map((source) => ({ source, key: rank(source) }))
@@ -77,4 +87,16 @@ export function splitValidation<T extends { source: string }>(examples: T[], fra
       .map((entry) => entry.source),
   );
   return { train: examples.filter((example) => !held.has(example.source)), validation: examples.filter((example) => held.has(example.source)) };
+}
+
+/** The deepest folder that holds every one of these files. */
+function commonFolder(files: string[]): string {
+  const folders = files.map((file) => path.dirname(path.resolve(file)).split(path.sep));
+  const shared = folders[0]!.slice();
+  for (const parts of folders.slice(1)) {
+    let same = 0;
+    while (same < shared.length && same < parts.length && shared[same] === parts[same]) same++;
+    shared.length = same;
+  }
+  return shared.join(path.sep) || path.sep;
 }

@@ -23,6 +23,18 @@ export interface Preview {
   reference?: string;
 }
 
+/**
+ * How many of the reference's leading words the answer repeats exactly. The answer stops at a token limit, so a
+ * last word cut short counts only if it is whole.
+ */
+export function verbatimLeadingWords(reference: string, answer: string): { words: number; of: number } {
+  const expected = reference.split(/\s+/).filter(Boolean);
+  const given = answer.split(/\s+/).filter(Boolean);
+  let words = 0;
+  while (words < Math.min(expected.length, given.length) && expected[words] === given[words]) words++;
+  return { words, of: expected.length };
+}
+
 /** Greedy (temperature 0) continuation of `promptTokens`, detokenized, special tokens shown. */
 export async function generatePreview(options: PreviewOptions): Promise<Preview> {
   const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error });

@@ -133,7 +133,7 @@ describe("thinktune train: runs", () => {
         child.kill("SIGKILL");
       }
     });
-    expect(first.code).toBe(null);
+    expect(first.code).toBe(128 + os.constants.signals.SIGKILL);
     expect(existsSync(path.join(run, "config.json"))).toBe(true);
     expect(existsSync(path.join(run, "checkpoints"))).toBe(false);
     // the same killed folder twice: one resumed, one trained afresh
@@ -236,6 +236,12 @@ describe("thinktune train: runs", () => {
     console.log(`embedded default: ${losses.length} steps in ${seconds.toFixed(1)} s, loss ${mean(losses.slice(0, 10)).toFixed(3)} → ${mean(losses.slice(-10)).toFixed(3)}`);
     expect(mean(losses.slice(-10))).toBeLessThan(mean(losses.slice(0, 10)) / 3);
     expect(result.stdout).toContain("--- after training (base model + adapter) ---");
+    // the adapter's greedy answer starts with the trained answer's first sentence, word for word
+    const verbatim = /the adapter repeats the trained answer's first (\d+) of (\d+) words verbatim \(before training: (\d+)\)/.exec(result.stdout);
+    expect(verbatim, result.stdout).not.toBeNull();
+    expect(Number(verbatim![1])).toBeGreaterThanOrEqual(11); // "The baker makes 24 muffins per batch and bakes 5 batches."
+    expect(Number(verbatim![3])).toBe(0);
+    expect(result.stdout).toMatch(/Adapter: .*adapter\.gguf \(step 200, the last step; --adapter best\|last chooses\)/);
     expect(seconds).toBeLessThan(180);
   }, 240_000);
 });

@@ -16,7 +16,7 @@ let model: string;
 
 beforeAll(async () => {
   dir = await mkdtemp(path.join(tmpdir(), "thinktune-interrupt-"));
-  model = await synthModel({ nLayer: 6, nEmbd: 512, nHead: 8, nHeadKv: 4, nFf: 1536, contextLength: 1024, type: "Q8_0", seed: 3 });
+  model = await synthModel({ nLayer: 8, nEmbd: 768, nHead: 12, nHeadKv: 4, nFf: 2048, contextLength: 1024, type: "Q8_0", seed: 3 });
 }, 300_000);
 afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });

@@ -209,4 +209,13 @@ describe("packing", () => {
     expect(first.train.every((item) => !held.has(item.source))).toBe(true);
     expect(splitValidation(examples.slice(0, 4), 0.1, 7).validation).toEqual([]);
   });
+
+  it("splits the same data the same way wherever its folder is", () => {
+    const at = (root: string) =>
+      Array.from({ length: 30 }, (_, i) => example(`${root}/${i % 2 ? "a.jsonl" : "sub/b.jsonl"}:${i + 1}`, [i], 0));
+    const here = splitValidation(at("/home/me/data"), 0.2, 3).validation.map((item) => item.source.replace("/home/me/data/", ""));
+    const there = splitValidation(at("/tmp/copy/of/it"), 0.2, 3).validation.map((item) => item.source.replace("/tmp/copy/of/it/", ""));
+    expect(here).toHaveLength(6);
+    expect(there).toEqual(here);
+  });
 });
