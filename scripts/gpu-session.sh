@@ -3,6 +3,8 @@
 # here: builds the CUDA engine, then runs the stages named on the command line, logs under $OUT.
 #   tests    the GPU tests (test/gpu: the CUDA engine against the CPU engine, the fused attention checks)
 #   profile  per-kernel time of one step of the 7B shape cut to 4 layers at 4096 tokens (ncu) → $OUT/profile.md
+#   long     the long lengths (32768, 65536) against a 24 GiB budget (a length that does not fit says the
+#            plan's estimate), then 65536 on the whole GPU → $OUT/bench-long/results.jsonl
 #   bench    npm run bench at 1024, 4096 and 16384 tokens with a 24 GiB budget, and the lean 10 GiB
 #            plan at 4096 (without PEFT: its 4096 figure is the first command's), beside PEFT and torch
 #            SDPA → $OUT/bench/results.jsonl
@@ -30,6 +32,11 @@ for stage in "$@"; do
       node dist/cli/main.js bench --device cuda --type Q4_K --seq 4096 --gpu-memory 10GiB --no-attention --no-peft --commit "$COMMIT" \
         --results "$OUT/bench" 2>&1 | tee "$OUT/bench-lean.log" | grep -vE "^\|" | tail -12
       tail -25 "$OUT/bench/RESULTS.md" ;;
-    *) echo "unknown stage $stage (tests, profile, bench)"; exit 2 ;;
+    long)
+      node dist/cli/main.js bench --device cuda --type Q4_K --seq 32768,65536 --gpu-memory 24GiB --no-peft --no-attention --steps 1 \
+        --commit "$COMMIT" --results "$OUT/bench-long" 2>&1 | tee "$OUT/long.log" | grep -vE "^\|" | tail -12
+      node dist/cli/main.js bench --device cuda --type Q4_K --seq 65536 --no-peft --no-attention --steps 1 \
+        --commit "$COMMIT" --results "$OUT/bench-long" 2>&1 | tee -a "$OUT/long.log" | grep -vE "^\|" | tail -12 ;;
+    *) echo "unknown stage $stage (tests, profile, bench, long)"; exit 2 ;;
   esac
 done
