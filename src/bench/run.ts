@@ -11,8 +11,8 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import type { Token } from "node-llama-cpp";
 import { resolveSynthOptions, synthParameterCount, writeSynthModel, type SynthInput, type SynthOptions } from "../gguf/synth.js";
-import { loadNativeAddon, type GgmlTypeName, type NativeRow } from "../native/addon.js";
-import { Engine, EngineError, loraTargets } from "../train/engine.js";
+import { loadNativeAddon, nativeErrorCode, type GgmlTypeName, type NativeRow } from "../native/addon.js";
+import { Engine, loraTargets } from "../train/engine.js";
 import { defaultPeftScript, defaultPython, defaultSdpaScript, jsonLines, llamaCppPromptEvaluation, runPeftBaseline, runSdpaBaseline, type PeftRun, type PeftShape } from "./peers.js";
 import type { AnyBenchRecord, AttentionRecord, BenchRecord } from "./results.js";
 
@@ -353,8 +353,8 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<AnyBenchR
         engine = await Engine.load(file, { device: "cuda", maxTokens: seq, lora: benchLora, ...(options.gpuMemoryBytes ? { gpuMemoryBytes: options.gpuMemoryBytes } : {}) });
       } catch (error) {
         // a length the budget cannot hold is a result too: said with the plan's estimate, and the other lengths still run
-        if (!(error instanceof EngineError && error.code === "out-of-memory")) throw error;
-        options.progress(`  seq ${seq}: does not fit: ${error.message}`);
+        if (nativeErrorCode(error) !== "out-of-memory") throw error;
+        options.progress(`  seq ${seq}: does not fit: ${(error as Error).message}`);
         continue;
       }
       try {
