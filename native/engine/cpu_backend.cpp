@@ -11,6 +11,8 @@
 #include <memory>
 #include <thread>
 
+#include <unistd.h>
+
 #include "common/error.h"
 #include "common/parallel.h"
 #include "engine/backend.h"
@@ -45,6 +47,11 @@ struct TokenRange {
   int64_t rowLength;
   static TokenRange whole(int64_t T) { return {0, T, T}; }
 };
+
+size_t physicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), pageSize = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && pageSize > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(pageSize) : 0;
+}
 
 // a (N) += b (N)
 void addInPlace(float* a, const float* b, int64_t N) {
@@ -145,6 +152,12 @@ CpuBackend::CpuBackend(const EngineOptions& options, const Model& model, const L
   sizes.feedForwardTokens = std::min<int64_t>(
       sizes.maxTokens, options.feedForwardTokens > 0 ? options.feedForwardTokens
                                                      : std::max<int64_t>(16, kFeedForwardChunkFloats / c.nFf));
+  // layers kept from the forward are not recomputed in the backward (a quarter fewer products): as many
+  // as a quarter of the machine's memory holds, or maxKeptLayers
+  const size_t perLayer = MemoryPlan::keptLayerBytes(c, sizes.maxTokens, lora.options().rank);
+  const size_t budget = physicalMemoryBytes() / 4;
+  sizes.keptLayers = static_cast<int64_t>(budget / perLayer);
+  if (options.maxKeptLayers >= 0) sizes.keptLayers = std::min(sizes.keptLayers, options.maxKeptLayers);
   const int64_t largestMatrix = model.maxRows() * model.maxRowLength();
   sizes.weightChunkFloats = std::max(std::min(kWeightChunkFloats, largestMatrix),
                                      std::max(model.maxRowLength() * 32, sizes.vocabChunk * c.nEmbd));
@@ -251,7 +264,8 @@ const float* CpuBackend::loraInput(const LoraAdapter& adapter, const float* inp,
 float* CpuBackend::loraHidden(const LoraAdapter& adapter, TokenRange span) const {
   const int64_t R = lora_.options().rank;
   // (7, rowLength, R): each projection's x·Aᵀ over the whole row
-  return plan_->cpuBuffers().loraHidden + (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * R;
+  return plan_->layerActivations(adapter.layer).loraHidden +
+         (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * R;
 }
 
 void CpuBackend::loraHiddenForward(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass) {
@@ -354,51 +368,53 @@ void CpuBackend::attentionForward(int64_t layer, int64_t T, const Pass& pass) {
   const ModelConfig& c = model_.config();
   const LayerWeights& w = model_.layer(layer);
   const ActivationBuffers& a = plan_->activations();
-  const CpuBuffers& b = plan_->cpuBuffers();
+  const CpuLayerActivations& l = plan_->layerActivations(layer);
   const int64_t C = c.nEmbd;
   const float* x = a.residual + layer * T * C;  // (T, C) layer input
   const TokenRange row = TokenRange::whole(T);
 
-  rmsnorm_forward(a.normed1, a.rstd1, x, w.attnNorm, T, C, c.rmsEps);
-  float* qkv[3] = {a.q, a.k, a.v};
-  for (int p = 0; p < 3; ++p) projectForward(layer, static_cast<Projection>(p), w.bias[p], a.normed1, qkv[p], row, pass);
-  rope_forward(a.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
-  rope_forward(a.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
-  attention_forward(a.attn, b.lse, a.q, a.k, a.v, a.seqStart, T, c.nHead, c.nHeadKv, c.headDim,
+  rmsnorm_forward(l.normed1, l.rstd1, x, w.attnNorm, T, C, c.rmsEps);
+  float* qkv[3] = {l.q, l.k, l.v};
+  for (int p = 0; p < 3; ++p) projectForward(layer, static_cast<Projection>(p), w.bias[p], l.normed1, qkv[p], row, pass);
+  rope_forward(l.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
+  rope_forward(l.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
+  attention_forward(l.attn, l.lse, l.q, l.k, l.v, a.seqStart, T, c.nHead, c.nHeadKv, c.headDim,
                     1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
-  projectForward(layer, Projection::O, nullptr, a.attn, b.residual2, row, pass);
-  addInPlace(b.residual2, x, T * C);
-  rmsnorm_forward(a.normed2, a.rstd2, b.residual2, w.ffnNorm, T, C, c.rmsEps);
+  projectForward(layer, Projection::O, nullptr, l.attn, l.residual2, row, pass);
+  addInPlace(l.residual2, x, T * C);
+  rmsnorm_forward(l.normed2, l.rstd2, l.residual2, w.ffnNorm, T, C, c.rmsEps);
 }
 
 void CpuBackend::gateUpForward(int64_t layer, TokenRange chunk, const Pass& pass) {
-  const ActivationBuffers& a = plan_->activations();
-  const float* normed2 = a.normed2 + chunk.begin * model_.config().nEmbd;
-  projectForward(layer, Projection::Gate, nullptr, normed2, a.gate, chunk, pass);
-  projectForward(layer, Projection::Up, nullptr, normed2, a.up, chunk, pass);
-  swiglu_forward(a.hidden, a.gate, a.up, chunk.count * model_.config().nFf);
+  const CpuLayerActivations& l = plan_->layerActivations(layer);
+  const float* normed2 = l.normed2 + chunk.begin * model_.config().nEmbd;
+  projectForward(layer, Projection::Gate, nullptr, normed2, l.gate, chunk, pass);
+  projectForward(layer, Projection::Up, nullptr, normed2, l.up, chunk, pass);
+  swiglu_forward(l.hidden, l.gate, l.up, chunk.count * model_.config().nFf);
 }
 
 void CpuBackend::layerForward(int64_t layer, int64_t T, const Pass& pass) {
-  const ActivationBuffers& a = plan_->activations();
-  const int64_t C = model_.config().nEmbd, TF = plan_->sizes().feedForwardTokens;
+  const CpuLayerActivations& l = plan_->layerActivations(layer);
+  const int64_t C = model_.config().nEmbd, TF = l.feedForwardTokens;
   attentionForward(layer, T, pass);
-  float* next = a.residual + (layer + 1) * T * C;  // (T, C) layer output
+  float* next = plan_->activations().residual + (layer + 1) * T * C;  // (T, C) layer output
   for (int64_t t0 = 0; t0 < T; t0 += TF) {
     const TokenRange chunk{t0, std::min(TF, T - t0), T};
     gateUpForward(layer, chunk, pass);
-    projectForward(layer, Projection::Down, nullptr, a.hidden, next + t0 * C, chunk, pass);
+    projectForward(layer, Projection::Down, nullptr, l.hidden, next + t0 * C, chunk, pass);
   }
-  addInPlace(next, plan_->cpuBuffers().residual2, T * C);
+  addInPlace(next, l.residual2, T * C);
 }
 
 void CpuBackend::layerBackward(int64_t layer, int64_t T, const Pass& pass, bool recompute, bool inputGradient) {
   const ModelConfig& c = model_.config();
   const LayerWeights& w = model_.layer(layer);
   const ActivationBuffers& a = plan_->activations();
-  const CpuBuffers& b = plan_->cpuBuffers();
-  const int64_t C = c.nEmbd, F = c.nFf, TF = plan_->sizes().feedForwardTokens;
-  // this layer's activations from its saved input; the feed-forward's chunk by chunk below (its output is not needed)
+  const CpuLayerActivations& l = plan_->layerActivations(layer);
+  const int64_t C = c.nEmbd, F = c.nFf, TF = l.feedForwardTokens;
+  // a kept layer's activations are still there; others are rebuilt from the saved input, the feed-forward's
+  // chunk by chunk below (its output is not needed)
+  recompute = recompute && !plan_->kept(layer);
   if (recompute) attentionForward(layer, T, pass);
   const float* x = a.residual + layer * T * C;  // (T, C)
   const TokenRange row = TokenRange::whole(T);
@@ -408,30 +424,32 @@ void CpuBackend::layerBackward(int64_t layer, int64_t T, const Pass& pass, bool 
   const bool wholeFeedForwardKept = !recompute && T <= TF;
   for (int64_t t0 = 0; t0 < T; t0 += TF) {
     const TokenRange chunk{t0, std::min(TF, T - t0), T};
-    const float* normed2 = a.normed2 + t0 * C;
+    const float* normed2 = l.normed2 + t0 * C;
     float* dNormed = a.dNormed + t0 * C;
     if (!wholeFeedForwardKept) {
       gateUpForward(layer, chunk, pass);
       // the down projection's output is not needed again, but its adapter's backward reads hidden·Aᵀ
-      if (const LoraAdapter* down = lora_.find(layer, Projection::Down)) loraHiddenForward(*down, a.hidden, chunk, pass);
+      if (const LoraAdapter* down = lora_.find(layer, Projection::Down)) loraHiddenForward(*down, l.hidden, chunk, pass);
     }
-    projectBackward(layer, Projection::Down, a.hidden, a.dResidual + t0 * C, a.dHidden, chunk, false, pass);
-    swiglu_backward(a.gate, a.up, a.dHidden, a.gate, a.up, chunk.count * F);  // gate, up now hold their gradients
-    projectBackward(layer, Projection::Gate, normed2, a.gate, dNormed, chunk, false, pass);
-    projectBackward(layer, Projection::Up, normed2, a.up, dNormed, chunk, true, pass);
+    projectBackward(layer, Projection::Down, l.hidden, a.dResidual + t0 * C, a.dHidden, chunk, false, pass);
+    // gate, up now hold their gradients
+    swiglu_backward(l.gate, l.up, a.dHidden, l.gate, l.up, chunk.count * F);
+    projectBackward(layer, Projection::Gate, normed2, l.gate, dNormed, chunk, false, pass);
+    projectBackward(layer, Projection::Up, normed2, l.up, dNormed, chunk, true, pass);
   }
-  rmsnorm_backward(a.dResidual, a.dNormed, b.residual2, w.ffnNorm, a.rstd2, T, C);
+  rmsnorm_backward(a.dResidual, a.dNormed, l.residual2, w.ffnNorm, l.rstd2, T, C);
 
   // attention: a.dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  projectBackward(layer, Projection::O, a.attn, a.dResidual, a.dAttn, row, false, pass);
-  attention_backward(a.dq, a.dk, a.dv, a.dAttn, a.q, a.k, a.v, a.attn, b.lse, a.seqStart, b.seqEnd, T, c.nHead,
-                     c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)), plan_->scratch().attention);
+  projectBackward(layer, Projection::O, l.attn, a.dResidual, a.dAttn, row, false, pass);
+  attention_backward(a.dq, a.dk, a.dv, a.dAttn, l.q, l.k, l.v, l.attn, l.lse, a.seqStart, plan_->cpuBuffers().seqEnd, T,
+                     c.nHead, c.nHeadKv, c.headDim, 1.0f / std::sqrt(static_cast<float>(c.headDim)),
+                     plan_->scratch().attention);
   rope_backward(a.dq, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope());
   rope_backward(a.dk, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope());
   float* dqkv[3] = {a.dq, a.dk, a.dv};
   for (int p = 0; p < 3; ++p)
-    projectBackward(layer, static_cast<Projection>(p), a.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, row, p > 0, pass);
-  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, a.rstd1, T, C);
+    projectBackward(layer, static_cast<Projection>(p), l.normed1, dqkv[p], inputGradient ? a.dNormed : nullptr, row, p > 0, pass);
+  if (inputGradient) rmsnorm_backward(a.dResidual, a.dNormed, x, w.attnNorm, l.rstd1, T, C);
 }
 
 int64_t CpuBackend::lossHead(const Row& row, bool withGradient) {

@@ -41,7 +41,8 @@ struct EngineOptions {
   int64_t maxTokens = 0;
   std::string device = "cpu";  // "cpu" or "cuda": which Backend runs the passes
   int64_t gpuMemoryBytes = 0;  // cuda: plan against a card of this size instead of the free memory (0)
-  int64_t maxKeptLayers = -1;  // cuda: keep at most this many layers' activations (-1: as many as fit)
+  int64_t maxKeptLayers = -1;  // keep at most this many layers' activations (-1: as many as the budget fits:
+                               // the free GPU memory, or a quarter of the host's memory on the CPU)
   int64_t feedForwardTokens = 0;  // cpu: positions per feed-forward chunk (0: each (positions, F) buffer ≤ 128 MiB)
 };
 

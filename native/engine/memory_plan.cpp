@@ -90,6 +90,38 @@ void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfi
   act.add(a.lossLse, T);
 }
 
+namespace {
+void addKeptLayer(BufferLayout& act, CpuLayerActivations& l, const ModelConfig& c, int64_t T, int64_t R) {
+  const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf;
+  act.add(l.normed1, T * C);
+  act.add(l.rstd1, T);
+  act.add(l.q, T * QD);
+  act.add(l.k, T * KD);
+  act.add(l.v, T * KD);
+  act.add(l.attn, T * QD);
+  act.add(l.lse, c.nHead * T);
+  act.add(l.residual2, T * C);
+  act.add(l.normed2, T * C);
+  act.add(l.rstd2, T);
+  act.add(l.gate, T * F);
+  act.add(l.up, T * F);
+  act.add(l.hidden, T * F);
+  act.add(l.loraHidden, kProjectionCount * T * R);
+  l.feedForwardTokens = T;
+}
+}  // namespace
+
+size_t MemoryPlan::keptLayerBytes(const ModelConfig& config, int64_t T, int64_t rank) {
+  BufferLayout one(kAlignment);
+  CpuLayerActivations sizing;
+  addKeptLayer(one, sizing, config, T, rank);
+  return one.bytes();
+}
+
+const CpuLayerActivations& MemoryPlan::layerActivations(int64_t layer) const {
+  return kept(layer) ? kept_[static_cast<size_t>(layer - firstKeptLayer_)] : shared_;
+}
+
 MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& sizes) : sizes_(sizes) {
   const ModelConfig& c = model.config();
   const int64_t T = sizes.maxTokens;
@@ -106,12 +138,17 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   act.add(b.loraHidden, kProjectionCount * T * R);
   act.add(b.positions, T);
   act.add(b.seqEnd, T);
+  lastLayer_ = c.nLayer - 1;
+  firstKeptLayer_ = lastLayer_ - std::min<int64_t>(sizes.keptLayers, lastLayer_);
+  kept_.assign(static_cast<size_t>(lastLayer_ - firstKeptLayer_), CpuLayerActivations{});
+  for (CpuLayerActivations& layer : kept_) addKeptLayer(act, layer, c, T, R);
 
   BufferLayout scratch(kAlignment);
   ScratchBuffers& s = scratch_;
   scratch.add(s.weightChunk, sizes.weightChunkFloats);
   scratch.add(s.logitsChunk, T * sizes.vocabChunk);
-  scratch.add(s.droppedInput, std::max(T * std::max(C, QD), sizes.feedForwardTokens * F));
+  // kept layers run their feed-forward whole
+  scratch.add(s.droppedInput, std::max(T * std::max(C, QD), (kept_.empty() ? sizes.feedForwardTokens : T) * F));
   scratch.add(s.gemm, static_cast<int64_t>(kernels::gemmWorkspaceFloats(sizes.threads)));
   scratch.add(s.attention, static_cast<int64_t>(kernels::attentionWorkspaceFloats(T, c.nHead, sizes.threads)));
 
@@ -124,6 +161,9 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   loraLayout.assign(loraBlock_.get());
   act.assign(activationBlock_.get());
   scratch.assign(scratchBlock_.get());
+  const ActivationBuffers& a = activations_;
+  shared_ = {a.normed1, a.rstd1,  a.q,       a.k,    a.v,  a.attn,   b.lse, b.residual2, a.normed2,
+             a.rstd2,   a.gate,   a.up,      a.hidden, b.loraHidden, sizes.feedForwardTokens};
   std::memset(loraBlock_.get(), 0, loraBytes_);
 }
 
@@ -137,7 +177,10 @@ std::vector<std::pair<std::string, double>> MemoryPlan::report(const Model& mode
           {"convertedWeights", converted},
           {"lora", lora},
           {"activations", activations},
-          {"scratch", scratch}};
+          {"scratch", scratch},
+          // layers whose activations stay from the forward (besides the last, which is never recomputed)
+          {"keptLayers", static_cast<double>(kept_.size())},
+          {"recomputedLayers", static_cast<double>(firstKeptLayer_)}};
 }
 
 }  // namespace thinktune

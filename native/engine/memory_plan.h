@@ -116,6 +116,27 @@ struct CpuBuffers {
   int32_t* seqEnd = nullptr;     // (T) end of each position's sequence
 };
 
+// What a layer's backward reads of its forward (CPU): one set that recomputed layers share (its
+// feed-forward buffers hold a chunk of feedForwardTokens positions; ActivationBuffers and CpuBuffers
+// hold it), and one of whole rows for each layer kept from the forward.
+struct CpuLayerActivations {
+  float* normed1 = nullptr;     // (T, C)
+  float* rstd1 = nullptr;       // (T)
+  float* q = nullptr;           // (T, QD)
+  float* k = nullptr;           // (T, KD)
+  float* v = nullptr;           // (T, KD)
+  float* attn = nullptr;        // (T, QD)
+  float* lse = nullptr;         // (nHead, T)
+  float* residual2 = nullptr;   // (T, C)
+  float* normed2 = nullptr;     // (T, C)
+  float* rstd2 = nullptr;       // (T)
+  float* gate = nullptr;        // (TF, F)
+  float* up = nullptr;          // (TF, F)
+  float* hidden = nullptr;      // (TF, F)
+  float* loraHidden = nullptr;  // (7, T, R)
+  int64_t feedForwardTokens = 0;  // TF
+};
+
 // Scratch lifetime: reused by every kernel call.
 struct ScratchBuffers {
   float* weightChunk = nullptr;  // (weightChunkFloats) dequantized rows of one base matrix
@@ -130,6 +151,8 @@ struct PlanSizes {
   int64_t weightChunkFloats = 0;  // dequantized base-matrix rows held at a time (whole rows)
   int64_t vocabChunk = 0;       // vocabulary ids per lm_head chunk
   int64_t feedForwardTokens = 0;  // positions per feed-forward chunk: no (T, F) buffer exists whole
+  int64_t keptLayers = 0;         // layers whose activations stay from the forward, whole rows (the last
+                                  // layer's are in the shared set and never recomputed)
   int threads = 1;
 };
 
@@ -140,6 +163,11 @@ class MemoryPlan {
   const LoraBuffers& lora() const { return lora_; }
   const ActivationBuffers& activations() const { return activations_; }
   const CpuBuffers& cpuBuffers() const { return cpuBuffers_; }
+  // layer's activations: its own when kept, else the shared set
+  const CpuLayerActivations& layerActivations(int64_t layer) const;
+  bool kept(int64_t layer) const { return layer >= firstKeptLayer_ && layer < lastLayer_; }
+  // bytes of one kept layer's activations
+  static size_t keptLayerBytes(const ModelConfig& config, int64_t T, int64_t rank);
   const ScratchBuffers& scratch() const { return scratch_; }
   const PlanSizes& sizes() const { return sizes_; }
   // bytes per lifetime: weights (mapped file), convertedWeights, lora, activations, scratch
@@ -153,6 +181,9 @@ class MemoryPlan {
   LoraBuffers lora_;
   ActivationBuffers activations_;
   CpuBuffers cpuBuffers_;
+  CpuLayerActivations shared_;
+  std::vector<CpuLayerActivations> kept_;  // layers [firstKeptLayer_, lastLayer_)
+  int64_t firstKeptLayer_ = 0, lastLayer_ = 0;
   ScratchBuffers scratch_;
   size_t loraBytes_ = 0, activationBytes_ = 0, scratchBytes_ = 0;
   std::unique_ptr<char, Block> loraBlock_, activationBlock_, scratchBlock_;

@@ -64,7 +64,7 @@ export interface NativeEngineOptions {
   maxTokens: number;
   /** CUDA only: act as a card with this many bytes */
   gpuMemoryBytes?: number;
-  /** CUDA only: keep at most this many layers' activations from the forward (default: as many as the budget fits; 0 recomputes every layer) */
+  /** keep at most this many layers' activations from the forward (default: as many as the budget fits; 0 recomputes every layer) */
   maxKeptLayers?: number;
   /** CPU only: positions per feed-forward chunk (default: each (positions, FFN width) buffer ≤ 128 MiB) */
   feedForwardTokens?: number;

@@ -41,7 +41,7 @@ export const engineOptionsSchema = z.strictObject({
   precision: z.enum(["fp32", "bf16"]).default("fp32"),
   /** CUDA only: plan as if the GPU had this many bytes (e.g. a 24 GB card on a bigger one) */
   gpuMemoryBytes: z.int().min(1).optional(),
-  /** CUDA only: keep at most this many layers' activations (default: as many as the memory budget fits; 0 = lean, recompute every layer) */
+  /** keep at most this many layers' activations from the forward (default: as many as the budget fits: the GPU's free memory or --gpu-memory, a quarter of the host's memory on the CPU; 0 = lean, recompute every layer) */
   maxKeptLayers: z.int().min(0).optional(),
   /** CPU only: positions per feed-forward chunk (default: each (positions, FFN width) buffer holds at most 128 MiB, so memory stays flat in the sequence length) */
   feedForwardTokens: z.int().min(1).optional(),

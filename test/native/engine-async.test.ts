@@ -86,7 +86,9 @@ describe("asynchronous calls", () => {
 
   it("plans its memory up front", () => {
     const plan = engine.memoryPlan();
-    expect(Object.keys(plan)).toEqual(["weights", "convertedWeights", "lora", "activations", "scratch"]);
+    expect(Object.keys(plan)).toEqual(["weights", "convertedWeights", "lora", "activations", "scratch", "keptLayers", "recomputedLayers"]);
+    // 8 layers: the last is never recomputed, the 7 others fit a quarter of any test machine's memory
+    expect([plan.keptLayers, plan.recomputedLayers]).toEqual([7, 0]);
     // LoRA: params, grads and two AdamW moments of rank 8 on all seven projections of 8 layers
     const perLayer = 8 * (256 + 256 + 256 + 256 + 256 + 256 + 1024) + 8 * (256 + 128 + 128 + 256 + 1024 + 1024 + 256);
     expect(plan.lora).toBeGreaterThanOrEqual(4 * 4 * 8 * perLayer);

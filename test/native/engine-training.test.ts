@@ -51,9 +51,34 @@ describe("training", () => {
 });
 
 describe("memory", () => {
+  it("layers kept from the forward and recomputed layers give the same losses and gradients (dropout on)", async () => {
+    const file = await q8Model();
+    const options = { threads: 2, maxTokens: 64, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] } };
+    const kept = await Engine.load(file, options);
+    const recomputed = await Engine.load(file, { ...options, maxKeptLayers: 0 });
+    try {
+      expect([kept.memoryPlan().keptLayers, kept.memoryPlan().recomputedLayers]).toEqual([smallModel.nLayer - 1, 0]);
+      expect([recomputed.memoryPlan().keptLayers, recomputed.memoryPlan().recomputedLayers]).toEqual([0, smallModel.nLayer - 1]);
+      expect(recomputed.memoryPlan().activations).toBeLessThan(kept.memoryPlan().activations!);
+      const lora = await randomizeLora(kept, 6, 0.05);
+      await recomputed.setLora(lora);
+      const rows = [packedRow([randomTokens(30, smallModel.nVocab, 61), randomTokens(25, smallModel.nVocab, 62)], 2)];
+      for (let step = 0; step < 3; step++) {
+        const [a, b] = [await kept.step(rows, 1e-3), await recomputed.step(rows, 1e-3)];
+        expect(a.lossSum).toBe(b.lossSum);
+      }
+      const [a, b] = [await kept.gradients(rows), await recomputed.gradients(rows)];
+      for (let i = 0; i < a.tensors.length; i++) expect(Array.from(b.tensors[i]!.data), a.tensors[i]!.name).toEqual(Array.from(a.tensors[i]!.data));
+    } finally {
+      kept.dispose();
+      recomputed.dispose();
+    }
+  });
+
   it("the feed-forward block run over chunks of positions gives the same losses, gradients and logits as run whole", async () => {
     const file = await q8Model();
-    const options = { threads: 2, maxTokens: 64, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] as const } };
+    // nothing kept from the forward: the recompute runs the chunks too
+    const options = { threads: 2, maxTokens: 64, maxKeptLayers: 0, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] as const } };
     const whole = await Engine.load(file, { ...options, lora: { ...options.lora, targets: [...options.lora.targets] } });
     const chunked = await Engine.load(file, { ...options, lora: { ...options.lora, targets: [...options.lora.targets] }, feedForwardTokens: 7 });
     try {
