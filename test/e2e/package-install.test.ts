@@ -60,6 +60,8 @@ describe("the npm package", () => {
     }
     expect([...files].some((file) => /^package\/native\/.+\.cpp$/.test(file))).toBe(true);
     expect([...files].filter((file) => file.startsWith("package/test/") || file.startsWith("package/src/") || file.startsWith("package/build/"))).toEqual([]);
+    // a clone's tokenized caches (the demo writes one beside examples/data) stay out of the package
+    expect([...files].filter((file) => file.includes("/.thinktune-cache/"))).toEqual([]);
   });
 
   it("installs into a fresh project, building the addon, and then imports and runs", async () => {

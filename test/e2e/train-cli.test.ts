@@ -1,56 +1,27 @@
 // `thinktune train` as a user runs it: a child process, its output and exit code, its run folder.
-import { spawn } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { existsSync } from "node:fs";
 import { cp, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
 import os, { tmpdir } from "node:os";
 import path from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { collectOutput, spawnCli, type StreamedRun } from "../helpers/cli.js";
 
 const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..");
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-const tsxLoader = pathToFileURL(path.join(projectRoot, "node_modules", "tsx", "dist", "loader.mjs")).href;
 
 /**
  * Runs `thinktune train` from source (the same code `npm run train` runs once built); `onStdout` sees the
  * output as it arrives and may signal the child.
  */
-function runCli(args: string[], onStdout?: (text: string, child: ReturnType<typeof spawn>) => void, cwd = projectRoot): Promise<CliRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", tsxLoader, path.join(projectRoot, "src/cli/main.ts"), "train", ...args], {
-      cwd,
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-      onStdout?.(stdout, child);
-    });
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once("error", reject);
-    // the exit status as a shell reports it: 128 + the signal's number for a process the signal ended
-    child.once("close", (code, signal) => resolve({ code: code ?? (signal ? 128 + os.constants.signals[signal] : null), stdout, stderr }));
-  });
+function runCli(args: string[], onStdout?: (text: string, child: ChildProcess) => void, cwd = projectRoot): Promise<StreamedRun> {
+  return spawnCli(["train", ...args], { cwd, onStdout });
 }
 
 /** Runs a command line as the user would paste it into a shell. */
-function runShell(commandLine: string): Promise<CliRun> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("sh", ["-c", commandLine], { cwd: projectRoot, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
+function runShell(commandLine: string): Promise<StreamedRun> {
+  return collectOutput(spawn("sh", ["-c", commandLine], { cwd: projectRoot, stdio: ["ignore", "pipe", "pipe"] }));
 }
 
 async function tempDir(): Promise<string> {

@@ -1,29 +1,18 @@
 // `train --model models/tiny-r1.gguf` is the demo run (its preset: lr 3e-3, max length 512, the
 // preview), as `train` with no arguments is; and --adapter best writes the best checkpoint's weights
 // into adapter/, saying so, where the default is the last step's.
-import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readGgufAdapter } from "../../src/export/gguf-adapter.js";
 import { readSafetensors } from "../../src/export/safetensors.js";
+import { spawnCli, type StreamedRun } from "../helpers/cli.js";
 
-const projectRoot = path.resolve(import.meta.dirname, "..", "..");
-const tsxLoader = pathToFileURL(path.join(projectRoot, "node_modules", "tsx", "dist", "loader.mjs")).href;
 let dir: string;
 
-function train(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", tsxLoader, path.join(projectRoot, "src/cli/main.ts"), "train", ...args], { cwd: projectRoot, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, stdout, stderr }));
-  });
+function train(args: string[]): Promise<StreamedRun> {
+  return spawnCli(["train", ...args]);
 }
 
 beforeAll(async () => {
