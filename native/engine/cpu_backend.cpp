@@ -36,8 +36,9 @@ using namespace kernels;
 namespace {
 constexpr int64_t kWeightChunkFloats = int64_t{4} << 20;  // 16 MiB of dequantized rows
 constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;  // 32 MiB of (tokens, vocab chunk) logits
-// Each of the four (positions, F) feed-forward buffers holds at most this much: memory stays flat in the
-// sequence length (a 7B's F = 18944 runs 1771 positions a chunk; the embedded tiny model never chunks).
+// Each of the shared set's four (positions, F) feed-forward buffers holds at most this much, so a recomputed
+// layer's memory stays flat in the sequence length (a 7B's F = 18944 runs 1771 positions a chunk; the
+// embedded tiny model never chunks). Kept layers hold whole rows, within their own budget.
 constexpr int64_t kFeedForwardChunkFloats = int64_t{32} << 20;  // 128 MiB
 
 // Positions [begin, begin + count) of a row of rowLength: a feed-forward chunk, or the whole row.
