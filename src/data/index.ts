@@ -424,22 +424,11 @@ interface ReportInputs {
 
 /** Examples each candidate length keeps whole: powers of two from 512 to the context length (or to the longest example), and maxLength. */
 function keptByLength(lengths: number[], maxLength: number, contextLength: number | undefined): DataReport["keptByLength"] {
-  const sorted = Float64Array.from(lengths).sort();
-  const upTo = contextLength ?? Math.max(maxLength, sorted.length > 0 ? sorted[sorted.length - 1] : 0);
+  const upTo = contextLength ?? lengths.reduce((longest, tokens) => Math.max(longest, tokens), maxLength);
   const candidates = new Set([maxLength]);
   for (let length = 512; length <= upTo; length *= 2) candidates.add(length);
   if (contextLength !== undefined) candidates.add(contextLength);
-  const countUpTo = (limit: number): number => {
-    let low = 0;
-    let high = sorted.length;
-    while (low < high) {
-      const middle = (low + high) >> 1;
-      if (sorted[middle] <= limit) low = middle + 1;
-      else high = middle;
-    }
-    return low;
-  };
-  return [...candidates].sort((a, b) => a - b).map((length) => ({ maxLength: length, kept: countUpTo(length) }));
+  return [...candidates].sort((a, b) => a - b).map((length) => ({ maxLength: length, kept: lengths.filter((tokens) => tokens <= length).length }));
 }
 
 function buildReport({ options, template, thinkRequired, rendered, limited, split, issues, cache, contextLength }: ReportInputs): DataReport {
