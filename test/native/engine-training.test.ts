@@ -50,24 +50,31 @@ describe("training", () => {
   });
 });
 
+/**
+ * Two engines of one model from the same random LoRA: three training steps on each (dropout on), then each one's
+ * gradients at the point reached.
+ */
+async function trainSideBySide(first: Engine, second: Engine, loraSeed: number, rows: NativeRow[]) {
+  await second.setLora(await randomizeLora(first, loraSeed, 0.05));
+  const steps: [number, number][] = [];
+  for (let step = 0; step < 3; step++) steps.push([(await first.step(rows, 1e-3)).lossSum, (await second.step(rows, 1e-3)).lossSum]);
+  return { steps, gradients: [await first.gradients(rows), await second.gradients(rows)] as const };
+}
+
 describe("memory", () => {
+  const options = { threads: 2, maxTokens: 64, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] } };
+
   it("layers kept from the forward and recomputed layers give the same losses and gradients (dropout on)", async () => {
     const file = await q8Model();
-    const options = { threads: 2, maxTokens: 64, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] } };
     const kept = await Engine.load(file, options);
     const recomputed = await Engine.load(file, { ...options, maxKeptLayers: 0 });
     try {
       expect([kept.memoryPlan().keptLayers, kept.memoryPlan().recomputedLayers]).toEqual([smallModel.nLayer - 1, 0]);
       expect([recomputed.memoryPlan().keptLayers, recomputed.memoryPlan().recomputedLayers]).toEqual([0, smallModel.nLayer - 1]);
       expect(recomputed.memoryPlan().activations).toBeLessThan(kept.memoryPlan().activations!);
-      const lora = await randomizeLora(kept, 6, 0.05);
-      await recomputed.setLora(lora);
       const rows = [packedRow([randomTokens(30, smallModel.nVocab, 61), randomTokens(25, smallModel.nVocab, 62)], 2)];
-      for (let step = 0; step < 3; step++) {
-        const [a, b] = [await kept.step(rows, 1e-3), await recomputed.step(rows, 1e-3)];
-        expect(a.lossSum).toBe(b.lossSum);
-      }
-      const [a, b] = [await kept.gradients(rows), await recomputed.gradients(rows)];
+      const { steps, gradients: [a, b] } = await trainSideBySide(kept, recomputed, 6, rows);
+      for (const [keptLoss, recomputedLoss] of steps) expect(keptLoss).toBe(recomputedLoss);
       for (let i = 0; i < a.tensors.length; i++) expect(Array.from(b.tensors[i]!.data), a.tensors[i]!.name).toEqual(Array.from(a.tensors[i]!.data));
     } finally {
       kept.dispose();
@@ -78,20 +85,14 @@ describe("memory", () => {
   it("the feed-forward block run over chunks of positions gives the same losses, gradients and logits as run whole", async () => {
     const file = await q8Model();
     // nothing kept from the forward: the recompute runs the chunks too
-    const options = { threads: 2, maxTokens: 64, maxKeptLayers: 0, lora: { rank: 4, alpha: 8, dropout: 0.1, targets: ["q", "k", "v", "o", "gate", "up", "down"] as const } };
-    const whole = await Engine.load(file, { ...options, lora: { ...options.lora, targets: [...options.lora.targets] } });
-    const chunked = await Engine.load(file, { ...options, lora: { ...options.lora, targets: [...options.lora.targets] }, feedForwardTokens: 7 });
+    const whole = await Engine.load(file, { ...options, maxKeptLayers: 0 });
+    const chunked = await Engine.load(file, { ...options, maxKeptLayers: 0, feedForwardTokens: 7 });
     try {
       expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
-      const lora = await randomizeLora(whole, 5, 0.05);
-      await chunked.setLora(lora);
+      // dropout on: each position keeps its mask whatever chunk it falls in
       const rows = [packedRow([randomTokens(30, smallModel.nVocab, 51), randomTokens(20, smallModel.nVocab, 52)], 3)];
-      // training steps (dropout on: each position keeps its mask whatever chunk it falls in), then gradients
-      for (let step = 0; step < 3; step++) {
-        const [a, b] = [await whole.step(rows, 1e-3), await chunked.step(rows, 1e-3)];
-        expect(Math.abs(a.lossSum - b.lossSum) / a.lossSum).toBeLessThanOrEqual(1e-6);
-      }
-      const [a, b] = [await whole.gradients(rows), await chunked.gradients(rows)];
+      const { steps, gradients: [a, b] } = await trainSideBySide(whole, chunked, 5, rows);
+      for (const [wholeLoss, chunkedLoss] of steps) expect(Math.abs(wholeLoss - chunkedLoss) / wholeLoss).toBeLessThanOrEqual(1e-6);
       for (let i = 0; i < a.tensors.length; i++) {
         const scale = Math.max(...a.tensors[i]!.data.map(Math.abs));
         expect(maxAbsDifference(a.tensors[i]!.data, b.tensors[i]!.data) / scale, a.tensors[i]!.name).toBeLessThanOrEqual(1e-5);
