@@ -1,16 +1,13 @@
 // A second Ctrl-C ends `thinktune train` at once, also in the middle of a long step: process.exit
 // would wait for the step on libuv's thread pool (seconds on a real model), so the CLI dies by the
 // signal instead. A model large enough for a step to take seconds on the CPU shows the difference.
-import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
-import os, { tmpdir } from "node:os";
+import { tmpdir } from "node:os";
 import path from "node:path";
-import { pathToFileURL } from "node:url";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { spawnCli } from "../helpers/cli.js";
 import { synthModel } from "../helpers/models.js";
 
-const projectRoot = path.resolve(import.meta.dirname, "..", "..");
-const tsxLoader = pathToFileURL(path.join(projectRoot, "node_modules", "tsx", "dist", "loader.mjs")).href;
 let dir: string;
 let model: string;
 
@@ -25,33 +22,28 @@ afterAll(async () => {
 describe("thinktune train: a second Ctrl-C", () => {
   it("ends the process at once, without waiting for the step in progress", async () => {
     const args = ["--model", model, "--out", path.join(dir, "run"), "--max-length", "1024", "--lr", "1e-3", "--max-steps", "50", "--log-every", "1", "--preview-tokens", "0", "--eval-every", "1000"];
-    const child = spawn(process.execPath, ["--import", tsxLoader, path.join(projectRoot, "src/cli/main.ts"), "train", ...args], { cwd: projectRoot, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
     const stepTimes: number[] = [];
     let secondSignalAt = 0;
-    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = new Promise<{ status: number | null; at: number }>((resolve) =>
-      child.once("close", (code, signal) => resolve({ status: code ?? (signal ? 128 + os.constants.signals[signal] : null), at: performance.now() })),
-    );
-    child.stdout.on("data", (chunk: Buffer) => {
-      stdout += chunk.toString();
-      const steps = stdout.match(/step \d+\/50/g)?.length ?? 0;
-      while (stepTimes.length < steps) stepTimes.push(performance.now());
-      if (stepTimes.length === 2 && secondSignalAt === 0) {
-        // a third of the way into step 3: the first Ctrl-C asks for a checkpoint, the second to leave now
-        const stepMs = stepTimes[1] - stepTimes[0];
-        secondSignalAt = -1;
-        setTimeout(() => {
-          child.kill("SIGINT");
+    const run = spawnCli(["train", ...args], {
+      onStdout: (stdout, child) => {
+        const steps = stdout.match(/step \d+\/50/g)?.length ?? 0;
+        while (stepTimes.length < steps) stepTimes.push(performance.now());
+        if (stepTimes.length === 2 && secondSignalAt === 0) {
+          // a third of the way into step 3: the first Ctrl-C asks for a checkpoint, the second to leave now
+          const stepMs = stepTimes[1] - stepTimes[0];
+          secondSignalAt = -1;
           setTimeout(() => {
-            secondSignalAt = performance.now();
             child.kill("SIGINT");
-          }, 50);
-        }, stepMs / 3);
-      }
+            setTimeout(() => {
+              secondSignalAt = performance.now();
+              child.kill("SIGINT");
+            }, 50);
+          }, stepMs / 3);
+        }
+      },
     });
-    const { status, at } = await exited;
+    const { code: status, stdout, stderr } = await run;
+    const at = performance.now();
     expect(status, stderr).toBe(130);
     expect(stdout).toContain("SIGINT again: exiting now without a checkpoint.");
     const stepMs = stepTimes[1] - stepTimes[0];
