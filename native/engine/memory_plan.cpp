@@ -162,8 +162,22 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   act.assign(activationBlock_.get());
   scratch.assign(scratchBlock_.get());
   const ActivationBuffers& a = activations_;
-  shared_ = {a.normed1, a.rstd1,  a.q,       a.k,    a.v,  a.attn,   b.lse, b.residual2, a.normed2,
-             a.rstd2,   a.gate,   a.up,      a.hidden, b.loraHidden, sizes.feedForwardTokens};
+  // the shared set is the one-layer buffers both backends lay out, plus the CPU's own
+  shared_.normed1 = a.normed1;
+  shared_.rstd1 = a.rstd1;
+  shared_.q = a.q;
+  shared_.k = a.k;
+  shared_.v = a.v;
+  shared_.attn = a.attn;
+  shared_.lse = b.lse;
+  shared_.residual2 = b.residual2;
+  shared_.normed2 = a.normed2;
+  shared_.rstd2 = a.rstd2;
+  shared_.gate = a.gate;
+  shared_.up = a.up;
+  shared_.hidden = a.hidden;
+  shared_.loraHidden = b.loraHidden;
+  shared_.feedForwardTokens = sizes.feedForwardTokens;
   std::memset(loraBlock_.get(), 0, loraBytes_);
 }
 
