@@ -121,6 +121,12 @@ EngineOptions engineOptions(const Napi::Object& options) {
   if (options.Has("gpuMemoryBytes") && !options.Get("gpuMemoryBytes").IsUndefined()) {
     result.gpuMemoryBytes = integerField(options, "gpuMemoryBytes", where);
   }
+  if (options.Has("checkpoints") && !options.Get("checkpoints").IsUndefined()) {
+    result.checkpoints = stringField(options, "checkpoints", where);
+    if (result.checkpoints != "auto" && result.checkpoints != "gpu" && result.checkpoints != "host") {
+      throw Error(where + ".checkpoints must be \"auto\", \"gpu\" or \"host\", got \"" + result.checkpoints + "\"");
+    }
+  }
   const Napi::Object config = objectField(options, "config", where);
   ModelConfig& c = result.config;
   const std::string cw = "options.config";

@@ -25,6 +25,7 @@ enum class LoraBlock { Params, Grads, M, V };
 struct Pass {
   bool training = false;      // LoRA dropout on
   uint64_t dropoutStep = 0;   // the optimizer step the dropout masks are drawn for
+  bool backward = false;      // a backward pass follows the forward (what it reads must be saved)
 };
 
 class Backend {

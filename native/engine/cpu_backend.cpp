@@ -11,9 +11,8 @@
 #include <memory>
 #include <thread>
 
-#include <unistd.h>
-
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "common/parallel.h"
 #include "engine/backend.h"
 #include "engine/engine.h"
@@ -40,19 +39,6 @@ constexpr int64_t kLogitsChunkFloats = int64_t{8} << 20;  // 32 MiB of (tokens, 
 // layer's memory stays flat in the sequence length (a 7B's F = 18944 runs 1771 positions a chunk; the
 // embedded tiny model never chunks). Kept layers hold whole rows, within their own budget.
 constexpr int64_t kFeedForwardChunkFloats = int64_t{32} << 20;  // 128 MiB
-
-// Positions [begin, begin + count) of a row of rowLength: a feed-forward chunk, or the whole row.
-struct TokenRange {
-  int64_t begin;
-  int64_t count;
-  int64_t rowLength;
-  static TokenRange whole(int64_t T) { return {0, T, T}; }
-};
-
-size_t physicalMemoryBytes() {
-  const long pages = sysconf(_SC_PHYS_PAGES), pageSize = sysconf(_SC_PAGE_SIZE);
-  return pages > 0 && pageSize > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(pageSize) : 0;
-}
 
 // a (N) += b (N)
 void addInPlace(float* a, const float* b, int64_t N) {

@@ -94,28 +94,54 @@ class CudaBackend final : public Backend {
   }
   void embed(const Row& row);
   void dequantizeLayer(int64_t layer);
-  // out (T, N) (+)= inp (T, K)·Wᵀ with the layer's dequantized matrix of projection p
-  void baseForward(int64_t layer, Projection p, const __nv_bfloat16* inp, float* out, int64_t T, bool accumulate);
-  // out (T, N) = x·Wᵀ + bias + the adapter's product; x in bf16 (the base product) and fp32 (LoRA)
+  // out (count, N) (+)= inp (count, K)·Wᵀ with the layer's dequantized matrix of projection p
+  void baseForward(int64_t layer, Projection p, const __nv_bfloat16* inp, float* out, int64_t count, bool accumulate);
+  // out (count, N) = x·Wᵀ + bias + the adapter's product over the positions of span; x in bf16 (the base
+  // product) and fp32 (LoRA); loraHidden: the layer's (7, T, R) x·Aᵀ of the whole row
   void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
-                      float* loraHidden, int64_t T, const Pass& pass);
-  // the adapter's gradients; dinp (T, K) (+)= the input gradient unless dinp is null
+                      float* loraHidden, TokenRange span, const Pass& pass);
+  // the adapter's gradients; dinp (count, K) (+)= the input gradient unless dinp is null
   void projectBackward(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, const float* x,
-                       float* dinp,
-                       const float* loraHidden, int64_t T, bool accumulate, const Pass& pass);
-  // dinp (T, K) (+)= dout (T, N)·W
+                       float* dinp, const float* loraHidden, TokenRange span, bool accumulate, const Pass& pass);
+  // dinp (count, K) (+)= dout (count, N)·W
   void baseBackwardInput(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, float* dinp,
-                         int64_t T, bool accumulate);
-  DropoutMask dropoutMask(const LoraAdapter& adapter, const Pass& pass) const;
+                         int64_t count, bool accumulate);
+  DropoutMask dropoutMask(const LoraAdapter& adapter, TokenRange span, const Pass& pass) const;
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
-  const float* loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass);
-  // out (T, N) = scale·((dropout(inp)·Aᵀ)·Bᵀ) + beta·out, keeping x·Aᵀ in loraHidden (7, T, R)
-  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, int64_t T,
+  const float* loraInput(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass);
+  // span's rows of the adapter's x·Aᵀ in the layer's loraHidden (7, T, R)
+  float* loraHiddenRows(const LoraAdapter& adapter, const float* loraHidden, TokenRange span) const;
+  // loraHidden rows = dropout(inp)·Aᵀ
+  void loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
+                         const Pass& pass);
+  // out (count, N) = scale·((dropout(inp)·Aᵀ)·Bᵀ) + beta·out, keeping x·Aᵀ in loraHidden
+  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, TokenRange span,
                    const Pass& pass, float beta);
-  // parameter grads += ; dinp (T, K) (+)= the LoRA path's input gradient (skipped when dinp is null)
+  // parameter grads += ; dinp (count, K) (+)= the LoRA path's input gradient (skipped when dinp is null)
   void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                    const float* loraHidden, int64_t T, const Pass& pass, bool accumulate);
+                    const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate);
+  // RMSNorm → Q/K/V → RoPE → attention → O → residual → RMSNorm: everything of the layer before its
+  // feed-forward block
+  void attentionForward(int64_t layer, int64_t T, const Pass& pass);
+  // gate and up over a chunk of positions, and SwiGLU: the layer's gate/up (bf16) and a.hidden for the chunk
+  void gateUpForward(int64_t layer, TokenRange chunk, const Pass& pass);
+  // the row offset of chunk in a layer's saved gate and up (a kept layer holds the row, the shared set one chunk)
+  static int64_t feedForwardRow(const LayerActivations& saved, TokenRange chunk) {
+    return saved.feedForwardTokens >= chunk.rowLength ? chunk.begin : 0;
+  }
+  // A kept layer's backward needs the values its forward rebuilt per layer: the norms and the fp32
+  // attention output, from its input and its kept activations.
   void rebuildLayerScratch(int64_t layer, int64_t T);
+
+  // ---- residual checkpoints in host memory (plan_->checkpointsOnHost()) ----
+  // the copy stream starts after the compute stream's work enqueued so far
+  void copyAfterCompute();
+  // layer's input, from its GPU slot to host memory / back
+  void saveCheckpoint(int64_t layer, int64_t T);
+  void loadCheckpoint(int64_t layer, int64_t T);
+  // the compute stream waits for a copy, the wait timed (collectCopyWaits adds it up once synchronized)
+  void waitForCopy(cudaEvent_t copied);
+  void collectCopyWaits();
 
   const Model& model_;
   const Lora& lora_;
@@ -125,6 +151,14 @@ class CudaBackend final : public Backend {
   std::unique_ptr<CudaPlan> plan_;
   std::vector<int32_t> hostSeqStart_;  // (T) the current row's sequence starts, for attention tiles
   int64_t cachedLayer_ = -1;           // the layer scratch.layerWeights holds
+  // checkpoints in host memory: the copies' stream, per layer the events of its copy out (saved) and
+  // back (loaded) and whether the compute stream has yet to wait for it
+  cudaStream_t copyStream_ = nullptr;
+  cudaEvent_t computeMark_ = nullptr;
+  std::vector<cudaEvent_t> savedEvents_, loadedEvents_;
+  std::vector<bool> savePending_, loadPending_;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> waitTimers_;  // (before, after) each wait
+  size_t waitTimersUsed_ = 0;
 };
 
 CudaBackend::CudaBackend(const EngineOptions& options, const Model& model, const Lora& lora)
@@ -148,6 +182,19 @@ CudaBackend::CudaBackend(const EngineOptions& options, const Model& model, const
     throw Error("cuBLAS: cublasSetStream failed", ErrorKind::DeviceFailure);
   }
   plan_ = std::make_unique<CudaPlan>(options, model, lora, device_);
+  if (plan_->checkpointsOnHost()) {
+    const size_t L = static_cast<size_t>(model.config().nLayer);
+    check(cudaStreamCreateWithFlags(&copyStream_, cudaStreamNonBlocking), "cudaStreamCreate (copies)");
+    check(cudaEventCreateWithFlags(&computeMark_, cudaEventDisableTiming), "cudaEventCreate");
+    savedEvents_.assign(L, nullptr);
+    loadedEvents_.assign(L, nullptr);
+    for (size_t l = 0; l < L; ++l) {
+      check(cudaEventCreateWithFlags(&savedEvents_[l], cudaEventDisableTiming), "cudaEventCreate");
+      check(cudaEventCreateWithFlags(&loadedEvents_[l], cudaEventDisableTiming), "cudaEventCreate");
+    }
+    savePending_.assign(L, false);
+    loadPending_.assign(L, false);
+  }
   plan_->weights().upload(plan_->rowBuffers().badRow, stream_);
   zero(plan_->lora().params, plan_->loraBytes());
   synchronize();
@@ -156,6 +203,16 @@ CudaBackend::CudaBackend(const EngineOptions& options, const Model& model, const
 
 CudaBackend::~CudaBackend() {
   cudaSetDevice(device_);  // may run on any thread; errors here have nowhere to go
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (copyStream_) cudaStreamSynchronize(copyStream_);
+  for (cudaEvent_t event : savedEvents_) cudaEventDestroy(event);
+  for (cudaEvent_t event : loadedEvents_) cudaEventDestroy(event);
+  for (auto [before, after] : waitTimers_) {
+    cudaEventDestroy(before);
+    cudaEventDestroy(after);
+  }
+  if (computeMark_) cudaEventDestroy(computeMark_);
+  if (copyStream_) cudaStreamDestroy(copyStream_);
   plan_.reset();
   if (cublas_) cublasDestroy(cublas_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -167,6 +224,7 @@ double CudaBackend::lossSum() {
   double sum = 0.0;
   download(&sum, plan_->rowBuffers().lossSum, sizeof(double));
   plan_->recordDeviceUse();
+  collectCopyWaits();
   return sum;
 }
 
@@ -228,6 +286,13 @@ void CudaBackend::beginRow(const Row& row) {
   upload(a.seqStart, starts.data(), sizeof(int32_t) * starts.size());
   hostSeqStart_ = std::move(starts);
   upload(b.tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
+  if (plan_->checkpointsOnHost()) {
+    // a row left unfinished (an abort) may have copies in flight into the slots the embedding writes
+    check(cudaEventRecord(computeMark_, copyStream_), "cudaEventRecord");
+    check(cudaStreamWaitEvent(stream_, computeMark_, 0), "cudaStreamWaitEvent");
+    savePending_.assign(savePending_.size(), false);
+    loadPending_.assign(loadPending_.size(), false);
+  }
   embed(row);
 }
 
@@ -255,90 +320,101 @@ void CudaBackend::dequantizeLayer(int64_t l) {
   cachedLayer_ = l;
 }
 
-// out (T, N) = inp (T, K) · Wᵀ (+ bias) with the layer's dequantized matrix of projection p
-void CudaBackend::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp, float* out, int64_t T,
+void CudaBackend::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp, float* out, int64_t count,
                               bool accumulate) {
   const CudaScratch& s = plan_->scratch();
   const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
   dequantizeLayer(l);
-  gemm_bf16(cublas_, false, true, T, N, K, 1.0f, inp, K, s.layerWeights[static_cast<int>(p)], K, accumulate ? 1.0f : 0.0f,
-            out, N);
+  gemm_bf16(cublas_, false, true, count, N, K, 1.0f, inp, K, s.layerWeights[static_cast<int>(p)], K,
+            accumulate ? 1.0f : 0.0f, out, N);
 }
 
-// out (T, N) = x·Wᵀ + bias + the adapter's scale·x·Aᵀ·Bᵀ. The adapter's product goes first and the
-// base product adds to it, so out is written once by each instead of read back by the second.
+// The adapter's product goes first and the base product adds to it, so out is written once by each
+// instead of read back by the second.
 void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
-                                 float* loraHidden, int64_t T, const Pass& pass) {
+                                 float* loraHidden, TokenRange span, const Pass& pass) {
   const LoraAdapter* adapter = lora_.find(l, p);
-  if (adapter) loraForward(*adapter, x, out, loraHidden, T, pass, 0.0f);
-  baseForward(l, p, xBf16, out, T, adapter != nullptr);
+  if (adapter) loraForward(*adapter, x, out, loraHidden, span, pass, 0.0f);
+  baseForward(l, p, xBf16, out, span.count, adapter != nullptr);
   if (const float* bias = plan_->weights().layer(l).bias[static_cast<int>(p)]) {
-    add_bias(out, bias, T, plan_->weights().layer(l).matrix[static_cast<int>(p)].host->nRows, stream_);
+    add_bias(out, bias, span.count, plan_->weights().layer(l).matrix[static_cast<int>(p)].host->nRows, stream_);
   }
 }
 
-// The adapter's gradients from dout; dinp (T, K) (+)= dout·W + the adapter's input gradient, unless
-// dinp is null (no input gradient wanted). doutBf16 is dout's bf16 copy where its producer wrote one.
+// The adapter's gradients from dout; dinp (+)= dout·W + the adapter's input gradient, unless dinp is
+// null (no input gradient wanted). doutBf16 is dout's bf16 copy where its producer wrote one.
 void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
-                                  const float* x, float* dinp, const float* loraHidden, int64_t T, bool accumulate,
-                                  const Pass& pass) {
+                                  const float* x, float* dinp, const float* loraHidden, TokenRange span,
+                                  bool accumulate, const Pass& pass) {
   const LoraAdapter* adapter = lora_.find(l, p);
-  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, T, pass, accumulate);
-  if (dinp) baseBackwardInput(l, p, dout, doutBf16, dinp, T, accumulate || adapter != nullptr);
+  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, span, pass, accumulate);
+  if (dinp) baseBackwardInput(l, p, dout, doutBf16, dinp, span.count, accumulate || adapter != nullptr);
 }
 
 void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
-                                    float* dinp, int64_t T, bool accumulate) {
+                                    float* dinp, int64_t count, bool accumulate) {
   const CudaScratch& s = plan_->scratch();
   const MappedTensor& w = *plan_->weights().layer(l).matrix[static_cast<int>(p)].host;
   const int64_t K = w.rowLength, N = w.nRows;
   if (!doutBf16) {
-    to_bf16(s.inputBf16, dout, T * N, stream_);
+    to_bf16(s.inputBf16, dout, count * N, stream_);
     doutBf16 = s.inputBf16;
   }
   dequantizeLayer(l);
-  // dinp (T, K) (+)= dout (T, N) · W (N, K)
-  gemm_bf16(cublas_, false, false, T, K, N, 1.0f, doutBf16, N, s.layerWeights[static_cast<int>(p)], K,
+  // dinp (count, K) (+)= dout (count, N) · W (N, K)
+  gemm_bf16(cublas_, false, false, count, K, N, 1.0f, doutBf16, N, s.layerWeights[static_cast<int>(p)], K,
             accumulate ? 1.0f : 0.0f, dinp, K);
 }
 
-DropoutMask CudaBackend::dropoutMask(const LoraAdapter& adapter, const Pass& pass) const {
+DropoutMask CudaBackend::dropoutMask(const LoraAdapter& adapter, TokenRange span, const Pass& pass) const {
   DropoutMask mask;
   mask.stepKey = dropoutStepKey(lora_.options().seed, pass.dropoutStep);
   mask.site = static_cast<uint64_t>(adapter.layer * kProjectionCount + static_cast<int>(adapter.projection));
   mask.dropout = lora_.options().dropout;
+  mask.first = static_cast<uint64_t>(span.begin * adapter.in);
   return mask;
 }
 
-const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp, int64_t T, const Pass& pass) {
+const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass) {
   const CudaScratch& s = plan_->scratch();
   if (!pass.training || lora_.options().dropout <= 0.0f) return inp;
-  dropout_forward(s.droppedInput, inp, T * adapter.in, dropoutMask(adapter, pass), stream_);
+  dropout_forward(s.droppedInput, inp, span.count * adapter.in, dropoutMask(adapter, span, pass), stream_);
   return s.droppedInput;
 }
 
+float* CudaBackend::loraHiddenRows(const LoraAdapter& adapter, const float* loraHidden, TokenRange span) const {
+  const int64_t R = lora_.options().rank;
+  return const_cast<float*>(loraHidden) + (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * R;
+}
+
+void CudaBackend::loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
+                                    const Pass& pass) {
+  const int64_t R = lora_.options().rank, K = adapter.in;
+  const float* x = loraInput(adapter, inp, span, pass);  // (count, K)
+  gemm_f32(cublas_, false, true, span.count, R, K, 1.0f, x, K, plan_->lora().params + adapter.offsetA, K, 0.0f,
+           loraHiddenRows(adapter, loraHidden, span), R);
+}
+
 void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
-                              int64_t T, const Pass& pass, float beta) {
-  const float* params = plan_->lora().params;
-  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
-  const float* x = loraInput(adapter, inp, T, pass);                                   // (T, K)
-  float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;                    // (T, R)
-  gemm_f32(cublas_, false, true, T, R, K, 1.0f, x, K, params + adapter.offsetA, K, 0.0f, h, R);
-  // out (T, N) = scale · h (T, R) · B (N, R)ᵀ + beta · out
-  gemm_f32(cublas_, false, true, T, N, R, lora_.scale(), h, R, params + adapter.offsetB, R, beta, out, N);
+                              TokenRange span, const Pass& pass, float beta) {
+  const int64_t R = lora_.options().rank, N = adapter.out;
+  loraHiddenForward(adapter, inp, loraHidden, span, pass);
+  // out (count, N) = scale · h (count, R) · B (N, R)ᵀ + beta · out
+  gemm_f32(cublas_, false, true, span.count, N, R, lora_.scale(), loraHiddenRows(adapter, loraHidden, span), R,
+           plan_->lora().params + adapter.offsetB, R, beta, out, N);
 }
 
 void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                               const float* loraHidden, int64_t T, const Pass& pass, bool accumulate) {
+                               const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
   const float* params = plan_->lora().params;
   float* grads = plan_->lora().grads;
-  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out;
+  const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out, T = span.count;
   const float scale = lora_.scale();
-  const float* h = loraHidden + static_cast<int>(adapter.projection) * T * R;  // (T, R)
-  const float* x = loraInput(adapter, inp, T, pass);                      // (T, K)
+  const float* h = loraHiddenRows(adapter, loraHidden, span);  // (T, R)
+  const float* x = loraInput(adapter, inp, span, pass);        // (T, K)
   // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
   gemm_f32(cublas_, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
   // dh (T, R) = scale · dout (T, N) · B (N, R)
@@ -354,22 +430,22 @@ void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, con
   // dropout: the input gradient passes only where the mask kept the element, scaled like the input
   gemm_f32(cublas_, false, false, T, K, R, 1.0f, a.dLoraHidden, R, params + adapter.offsetA, K, 0.0f, s.droppedInput, K);
   if (!accumulate) zero(dinp, sizeof(float) * T * K);
-  dropout_backward(dinp, s.droppedInput, T * K, dropoutMask(adapter, pass), stream_);
+  dropout_backward(dinp, s.droppedInput, T * K, dropoutMask(adapter, span, pass), stream_);
 }
 
-void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
+void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
   const ModelConfig& c = model_.config();
   const DeviceLayer& w = plan_->weights().layer(l);
-  const int64_t C = c.nEmbd, F = c.nFf, QD = c.qDim(), KD = c.kvDim();
-  const float* x = a.residual + l * T * C;   // (T, C) layer input
-  float* next = a.residual + (l + 1) * T * C;  // (T, C) layer output
+  const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim();
+  const float* x = plan_->layerInput(l, T);  // (T, C) layer input
   const LayerActivations& saved = plan_->layerActivations(l);
+  const TokenRange row = TokenRange::whole(T);
 
   rmsnorm_forward(a.normed1, s.inputBf16, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);  // bf16: the three products' input
   float* qkv[3] = {a.q, a.k, a.v};
-  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, a.normed1, qkv[p], saved.loraHidden, T, pass);
+  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, a.normed1, qkv[p], saved.loraHidden, row, pass);
   rope_forward(a.q, saved.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
   rope_forward(a.k, saved.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   to_bf16(saved.v, a.v, T * KD, stream_);
@@ -381,28 +457,55 @@ void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
                       cublas_, stream_);
     to_bf16(saved.attn, a.attn, T * QD, stream_);
   }
-  projectForward(l, Projection::O, saved.attn, a.attn, saved.residual2, saved.loraHidden, T, pass);
+  projectForward(l, Projection::O, saved.attn, a.attn, saved.residual2, saved.loraHidden, row, pass);
   add_inplace(saved.residual2, x, T * C, stream_);
+  rmsnorm_forward(a.normed2, s.normedBf16, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);
+}
 
-  rmsnorm_forward(a.normed2, s.inputBf16, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);  // bf16 for gate and up
-  projectForward(l, Projection::Gate, s.inputBf16, a.normed2, a.gate, saved.loraHidden, T, pass);
-  projectForward(l, Projection::Up, s.inputBf16, a.normed2, a.up, saved.loraHidden, T, pass);
+void CudaBackend::gateUpForward(int64_t l, TokenRange chunk, const Pass& pass) {
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
+  const int64_t C = model_.config().nEmbd, F = model_.config().nFf;
+  const LayerActivations& saved = plan_->layerActivations(l);
+  const int64_t row = feedForwardRow(saved, chunk);
+  const __nv_bfloat16* normedBf16 = s.normedBf16 + chunk.begin * C;
+  const float* normed = a.normed2 + chunk.begin * C;
+  projectForward(l, Projection::Gate, normedBf16, normed, a.gate, saved.loraHidden, chunk, pass);
+  projectForward(l, Projection::Up, normedBf16, normed, a.up, saved.loraHidden, chunk, pass);
   // hidden over up in place (the plan shares their buffer); bf16 hidden: down's input
-  swiglu_forward(a.hidden, s.inputBf16, saved.gate, saved.up, a.gate, a.up, T * F, stream_);
-  projectForward(l, Projection::Down, s.inputBf16, a.hidden, next, saved.loraHidden, T, pass);
+  swiglu_forward(a.hidden, s.gradientBf16, saved.gate + row * F, saved.up + row * F, a.gate, a.up, chunk.count * F,
+                 stream_);
+}
+
+void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
+  const ActivationBuffers& a = plan_->activations();
+  const CudaScratch& s = plan_->scratch();
+  const int64_t C = model_.config().nEmbd, L = model_.config().nLayer, TF = plan_->feedForwardTokens();
+  const LayerActivations& saved = plan_->layerActivations(l);
+  // the input to host memory for the backward (the last layer's stays in its slot until then)
+  if (plan_->checkpointsOnHost() && pass.backward && l < L - 1) saveCheckpoint(l, T);
+  attentionForward(l, T, pass);
+  // the output's slot held the layer below's input: its copy must be out first
+  if (l > 0 && plan_->checkpointsOnHost() && savePending_[static_cast<size_t>(l - 1)]) {
+    waitForCopy(savedEvents_[static_cast<size_t>(l - 1)]);
+    savePending_[static_cast<size_t>(l - 1)] = false;
+  }
+  float* next = plan_->layerInput(l + 1, T);  // (T, C) layer output
+  for (int64_t t0 = 0; t0 < T; t0 += TF) {
+    const TokenRange chunk{t0, std::min(TF, T - t0), T};
+    gateUpForward(l, chunk, pass);
+    projectForward(l, Projection::Down, s.gradientBf16, a.hidden, next + t0 * C, saved.loraHidden, chunk, pass);
+  }
   add_inplace(next, saved.residual2, T * C, stream_);
 }
 
-// A kept layer's backward needs the values its forward rebuilt per layer: the norms, SwiGLU's
-// product and the fp32 attention output, from its input and its kept activations.
 void CudaBackend::rebuildLayerScratch(int64_t l, int64_t T) {
   const ActivationBuffers& a = plan_->activations();
   const ModelConfig& c = model_.config();
   const DeviceLayer& w = plan_->weights().layer(l);
   const LayerActivations& saved = plan_->layerActivations(l);
-  rmsnorm_forward(a.normed1, nullptr, a.rstd1, a.residual + l * T * c.nEmbd, w.attnNorm, T, c.nEmbd, c.rmsEps, stream_);
+  rmsnorm_forward(a.normed1, nullptr, a.rstd1, plan_->layerInput(l, T), w.attnNorm, T, c.nEmbd, c.rmsEps, stream_);
   rmsnorm_forward(a.normed2, nullptr, a.rstd2, saved.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream_);
-  swiglu_forward(a.hidden, saved.gate, saved.up, T * c.nFf, stream_);
   to_f32(a.attn, saved.attn, T * c.qDim(), stream_);
 }
 
@@ -412,27 +515,57 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
   const CudaRowBuffers& b = plan_->rowBuffers();
   const ModelConfig& c = model_.config();
   const DeviceLayer& w = plan_->weights().layer(l);
-  const int64_t C = c.nEmbd, F = c.nFf;
+  const int64_t C = c.nEmbd, F = c.nFf, TF = plan_->feedForwardTokens();
   const LayerActivations& saved = plan_->layerActivations(l);
+  if (plan_->checkpointsOnHost()) {
+    // this layer's input was brought back during the layer above's backward; the one below's comes
+    // back during this one
+    if (loadPending_[static_cast<size_t>(l)]) {
+      waitForCopy(loadedEvents_[static_cast<size_t>(l)]);
+      loadPending_[static_cast<size_t>(l)] = false;
+    }
+    if (l > 0) loadCheckpoint(l - 1, T);
+  }
   if (recompute) {
     if (plan_->keeps(l)) rebuildLayerScratch(l, T);
-    else layerForward(l, T, pass);  // recompute this layer from its saved input
+    else attentionForward(l, T, pass);  // the feed-forward block is recomputed chunk by chunk below
   }
-  const float* x = a.residual + l * T * C;  // (T, C)
+  const float* x = plan_->layerInput(l, T);  // (T, C)
 
-  // FFN: dResidual holds dL/d(layer output) and, by the skip connection, part of dL/d(residual2)
-  // (dResidualBf16: its bf16 copy, from the RMSNorm backward that produced it)
-  projectBackward(l, Projection::Down, a.dResidual, s.dResidualBf16, a.hidden, a.dHidden, saved.loraHidden, T, false,
-                  pass);
-  float* dGate = a.dHidden;  // in place: dHidden is read once per element
-  // up now holds d(up); the bf16 copies of d(gate) and d(up) for the two products
-  swiglu_backward(dGate, a.up, s.inputBf16, s.gradientBf16, a.dHidden, saved.gate, saved.up, T * F, stream_);
-  projectBackward(l, Projection::Gate, dGate, s.inputBf16, a.normed2, a.dNormed, saved.loraHidden, T, false, pass);
-  projectBackward(l, Projection::Up, a.up, s.gradientBf16, a.normed2, a.dNormed, saved.loraHidden, T, true, pass);
+  // FFN, a chunk of positions at a time: dResidual holds dL/d(layer output) and, by the skip
+  // connection, part of dL/d(residual2) (dResidualBf16: its bf16 copy, from the RMSNorm backward that
+  // produced it). Only the forward of the last layer, in one chunk, left the block's buffers whole.
+  const bool forwardLeftFeedForward = !recompute && T <= TF;
+  for (int64_t t0 = 0; t0 < T; t0 += TF) {
+    const TokenRange chunk{t0, std::min(TF, T - t0), T};
+    const int64_t row = feedForwardRow(saved, chunk), n = chunk.count * F;
+    if (!forwardLeftFeedForward) {
+      if (plan_->keeps(l)) {
+        swiglu_forward(a.hidden, saved.gate + row * F, saved.up + row * F, n, stream_);
+      } else {
+        gateUpForward(l, chunk, pass);
+        // the down projection's output is not needed again, but its adapter's backward reads hidden·Aᵀ
+        if (const LoraAdapter* down = lora_.find(l, Projection::Down)) {
+          loraHiddenForward(*down, a.hidden, saved.loraHidden, chunk, pass);
+        }
+      }
+    }
+    projectBackward(l, Projection::Down, a.dResidual + t0 * C, s.dResidualBf16 + t0 * C, a.hidden, a.dHidden,
+                    saved.loraHidden, chunk, false, pass);
+    float* dGate = a.dHidden;  // in place: dHidden is read once per element
+    // up now holds d(up); the bf16 copies of d(gate) and d(up) for the two products
+    swiglu_backward(dGate, a.up, s.inputBf16, s.gradientBf16, a.dHidden, saved.gate + row * F, saved.up + row * F, n,
+                    stream_);
+    const float* normed = a.normed2 + t0 * C;
+    float* dNormed = a.dNormed + t0 * C;
+    projectBackward(l, Projection::Gate, dGate, s.inputBf16, normed, dNormed, saved.loraHidden, chunk, false, pass);
+    projectBackward(l, Projection::Up, a.up, s.gradientBf16, normed, dNormed, saved.loraHidden, chunk, true, pass);
+  }
   rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, saved.residual2, w.ffnNorm, a.rstd2, T, C, stream_);
 
   // attention: dResidual now holds dL/d(residual2) = dL/d(O output), and the skip share of dL/dx
-  projectBackward(l, Projection::O, a.dResidual, s.dResidualBf16, a.attn, a.dAttn, saved.loraHidden, T, false, pass);
+  const TokenRange whole = TokenRange::whole(T);
+  projectBackward(l, Projection::O, a.dResidual, s.dResidualBf16, a.attn, a.dAttn, saved.loraHidden, whole, false, pass);
   if (plan_->flash()) {
     to_bf16(s.dAttnBf16, a.dAttn, T * c.qDim(), stream_);
     flash_attention_backward(flashArgs(saved, T), {s.dAttnBf16, a.dq, a.dk, a.dv, b.rowDots}, stream_);
@@ -446,9 +579,60 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
   const __nv_bfloat16* dqkvBf16[3] = {s.inputBf16, s.gradientBf16, nullptr};  // dv: converted where it is used
   for (int p = 0; p < 3; ++p) {
     projectBackward(l, static_cast<Projection>(p), dqkv[p], dqkvBf16[p], a.normed1, inputGradient ? a.dNormed : nullptr,
-                    saved.loraHidden, T, p > 0, pass);
+                    saved.loraHidden, whole, p > 0, pass);
   }
   if (inputGradient) rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, x, w.attnNorm, a.rstd1, T, C, stream_);
+}
+
+// ---- residual checkpoints in host memory ----
+
+void CudaBackend::copyAfterCompute() {
+  check(cudaEventRecord(computeMark_, stream_), "cudaEventRecord");
+  check(cudaStreamWaitEvent(copyStream_, computeMark_, 0), "cudaStreamWaitEvent");
+}
+
+void CudaBackend::saveCheckpoint(int64_t l, int64_t T) {
+  copyAfterCompute();  // the input is complete: the layer below wrote it
+  check(cudaMemcpyAsync(plan_->hostCheckpoint(l, T), plan_->layerInput(l, T), sizeof(float) * T * model_.config().nEmbd,
+                        cudaMemcpyDeviceToHost, copyStream_),
+        "cudaMemcpyAsync (checkpoint to host memory)");
+  check(cudaEventRecord(savedEvents_[static_cast<size_t>(l)], copyStream_), "cudaEventRecord");
+  savePending_[static_cast<size_t>(l)] = true;
+}
+
+void CudaBackend::loadCheckpoint(int64_t l, int64_t T) {
+  // the slot's last reader, the backward of the layer above l + 1 (or the loss head), is enqueued already
+  copyAfterCompute();
+  check(cudaMemcpyAsync(plan_->layerInput(l, T), plan_->hostCheckpoint(l, T), sizeof(float) * T * model_.config().nEmbd,
+                        cudaMemcpyHostToDevice, copyStream_),
+        "cudaMemcpyAsync (checkpoint from host memory)");
+  check(cudaEventRecord(loadedEvents_[static_cast<size_t>(l)], copyStream_), "cudaEventRecord");
+  loadPending_[static_cast<size_t>(l)] = true;
+}
+
+void CudaBackend::waitForCopy(cudaEvent_t copied) {
+  if (waitTimersUsed_ == waitTimers_.size()) {
+    cudaEvent_t before = nullptr, after = nullptr;
+    check(cudaEventCreate(&before), "cudaEventCreate");
+    check(cudaEventCreate(&after), "cudaEventCreate");
+    waitTimers_.emplace_back(before, after);
+  }
+  auto [before, after] = waitTimers_[waitTimersUsed_++];
+  check(cudaEventRecord(before, stream_), "cudaEventRecord");
+  check(cudaStreamWaitEvent(stream_, copied, 0), "cudaStreamWaitEvent");
+  check(cudaEventRecord(after, stream_), "cudaEventRecord");
+}
+
+// after a synchronize of the compute stream: every timed wait has completed
+void CudaBackend::collectCopyWaits() {
+  double seconds = 0.0;
+  for (size_t i = 0; i < waitTimersUsed_; ++i) {
+    float ms = 0.0f;
+    check(cudaEventElapsedTime(&ms, waitTimers_[i].first, waitTimers_[i].second), "cudaEventElapsedTime");
+    seconds += ms / 1000.0;
+  }
+  waitTimersUsed_ = 0;
+  plan_->recordCopyWait(seconds);
 }
 
 // Final norm, lm_head and cross-entropy over the row's target positions, adding the loss to
@@ -463,7 +647,7 @@ int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
   const int64_t vocabChunk = plan_->vocabChunk();
   const int64_t T = static_cast<int64_t>(row.tokens.size());
   const int64_t C = c.nEmbd, V = c.nVocab;
-  const float* x = a.residual + c.nLayer * T * C;  // (T, C) final residual
+  const float* x = plan_->layerInput(c.nLayer, T);  // (T, C) final residual
   rmsnorm_forward(a.normedFinal, nullptr, a.rstdFinal, x, weights.outputNorm(), T, C, c.rmsEps, stream_);
 
   // only positions with a target reach the lm_head
@@ -517,7 +701,7 @@ void CudaBackend::logitsHead(int64_t T, float* logits) {
   const DeviceMatrix& output = plan_->weights().output();
   const MappedTensor& w = *output.host;
   const int64_t C = c.nEmbd, V = c.nVocab, vocabChunk = plan_->vocabChunk();
-  rmsnorm_forward(a.normedFinal, s.inputBf16, a.rstdFinal, a.residual + c.nLayer * T * C,
+  rmsnorm_forward(a.normedFinal, s.inputBf16, a.rstdFinal, plan_->layerInput(c.nLayer, T),
                   plan_->weights().outputNorm(), T, C, c.rmsEps, stream_);
   for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
     const int64_t chunk = std::min(vocabChunk, V - v0);

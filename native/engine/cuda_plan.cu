@@ -4,6 +4,7 @@
 #include <cstdio>
 
 #include "common/error.h"
+#include "common/host_memory.h"
 #include "engine/engine.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/flash_attention.h"
@@ -16,6 +17,9 @@ namespace {
 
 constexpr size_t kAlignment = 256;
 constexpr int64_t kLogitsChunkFloats = int64_t{16} << 20;  // 64 MiB of (tokens, vocab chunk) logits
+// Each (positions, F) fp32 feed-forward buffer holds at most this much: 5,312 positions of a 7B's F = 18944,
+// so 4,096-token rows run the block whole and longer ones in chunks.
+constexpr int64_t kFeedForwardChunkFloats = int64_t{96} << 20;  // 384 MiB
 // Kept free for the CUDA context, cuBLAS workspaces and the allocator when planning against a card
 // size (--gpu-memory), where none of that is already subtracted from the free memory.
 constexpr size_t kContextReserveBytes = size_t{768} << 20;
@@ -29,7 +33,9 @@ std::string gibibytes(double bytes) {
   return text;
 }
 
-void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelConfig& c, int64_t T, int64_t R) {
+// TF rows of gate and up per layer: the recomputed layers' shared set holds a chunk, a kept layer the row
+void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelConfig& c, int64_t T, int64_t TF,
+                         int64_t R) {
   const int64_t QD = c.qDim(), KD = c.kvDim();
   layout.add(a.q, T * QD);
   layout.add(a.k, T * KD);
@@ -37,9 +43,20 @@ void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelC
   layout.add(a.attn, T * QD);
   layout.add(a.lse, c.nHead * T);
   layout.add(a.residual2, T * c.nEmbd);
-  layout.add(a.gate, T * c.nFf);
-  layout.add(a.up, T * c.nFf);
+  layout.add(a.gate, TF * c.nFf);
+  layout.add(a.up, TF * c.nFf);
   layout.add(a.loraHidden, kProjectionCount * T * R);
+  a.feedForwardTokens = TF;
+}
+
+// Positions per feed-forward chunk: the whole row while its (T, F) fp32 buffers stay within
+// kFeedForwardChunkFloats, else equal chunks (a multiple of 64) that do.
+int64_t feedForwardChunk(const EngineOptions& options, const ModelConfig& c) {
+  const int64_t T = options.maxTokens;
+  if (options.feedForwardTokens > 0) return std::min(T, options.feedForwardTokens);
+  if (T * c.nFf <= kFeedForwardChunkFloats) return T;
+  const int64_t chunks = (T * c.nFf + kFeedForwardChunkFloats - 1) / kFeedForwardChunkFloats;
+  return std::min(T, ((T + chunks - 1) / chunks + 63) / 64 * 64);
 }
 
 }  // namespace
@@ -48,7 +65,10 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   const ModelConfig& c = model.config();
   const int64_t T = options.maxTokens;
   const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), R = lora.options().rank, L = c.nLayer;
-  const int64_t widest = std::max(std::max(C, QD), std::max(c.nFf, KD));
+  nEmbd_ = C;
+  feedForwardTokens_ = feedForwardChunk(options, c);
+  const int64_t TF = feedForwardTokens_;
+  const int64_t widest = std::max(T * std::max(C, QD), TF * c.nFf);
   vocabChunk_ = std::min<int64_t>(c.nVocab, std::max<int64_t>(256, kLogitsChunkFloats / T));
 
   BufferLayout weights(kAlignment);
@@ -58,9 +78,10 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   layoutLora(loraLayout, lora_, static_cast<int64_t>(lora.parameterCount()));
 
   flash_ = flashAttentionSupports(c.headDim, c.nHead, c.nHeadKv);
+  // everything of the activation lifetime but the residual checkpoints (placed below) and kept layers
   BufferLayout act(kAlignment);
-  layoutActivations(act, activations_, c, T, /*feedForwardTokens=*/T, R, /*sharedFeedForward=*/true);
-  addLayerActivations(act, shared_, c, T, R);
+  layoutActivations(act, activations_, c, T, TF, R, /*residualSlots=*/0, /*sharedBuffers=*/true);
+  addLayerActivations(act, shared_, c, T, TF, R);
   CudaRowBuffers& b = rowBuffers_;
   act.add(b.tokens, T);
   act.add(b.rowDots, c.nHead * T);
@@ -73,10 +94,11 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   for (int p = 0; p < kProjectionCount; ++p) scratch.add(s.layerWeights[p], model.layer(0).matrix[p]->nElements);
   scratch.add(s.weightBf16, vocabChunk_ * C);
   scratch.add(s.dAttnBf16, T * QD);
-  scratch.add(s.inputBf16, T * widest);
-  scratch.add(s.gradientBf16, T * widest);
+  scratch.add(s.inputBf16, widest);
+  scratch.add(s.gradientBf16, widest);
   scratch.add(s.dResidualBf16, T * C);
-  scratch.add(s.droppedInput, lora.options().dropout > 0.0f ? T * widest : 1);
+  scratch.add(s.normedBf16, T * C);
+  scratch.add(s.droppedInput, lora.options().dropout > 0.0f ? widest : 1);
   scratch.add(s.logitsChunk, T * vocabChunk_);
   scratch.add(s.dlogits, T * vocabChunk_);
   if (!flash_) {
@@ -117,16 +139,31 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   // backward recomputes the others
   BufferLayout oneLayer(kAlignment);
   LayerActivations sizing;
-  addLayerActivations(oneLayer, sizing, c, T, R);
-  const size_t fixedBytes = weightBytes_ + loraBytes_ + act.bytes() + scratchBytes_;
-  const size_t spare = available > fixedBytes + kKeptHeadroomBytes ? available - fixedBytes - kKeptHeadroomBytes : 0;
-  int64_t keep = flash_ ? std::min<int64_t>(L, static_cast<int64_t>(spare / oneLayer.bytes())) : 0;
-  if (options.maxKeptLayers >= 0) keep = std::min(keep, options.maxKeptLayers);
+  addLayerActivations(oneLayer, sizing, c, T, T, R);
+  keptLayerBytes_ = oneLayer.bytes();
+  const int64_t keepCap = flash_ ? (options.maxKeptLayers >= 0 ? std::min(L, options.maxKeptLayers) : L) : 0;
+  const size_t slotBytes = roundUp(sizeof(float) * static_cast<size_t>(T * C), kAlignment);
+  const size_t sharedBytes = weightBytes_ + loraBytes_ + act.bytes() + scratchBytes_;
+  auto layersKept = [&](size_t checkpointBytes) {
+    const size_t fixed = sharedBytes + checkpointBytes + kKeptHeadroomBytes;
+    return std::min<int64_t>(keepCap, available > fixed ? static_cast<int64_t>((available - fixed) / keptLayerBytes_) : 0);
+  };
+  // the checkpoints: L + 1 slots on the GPU, or L in pinned host memory and 2 slots on the GPU; host memory
+  // when it keeps layers the GPU copies would cost (or is the only way to fit), and a half of the host holds them
+  const size_t gpuCheckpoints = static_cast<size_t>(L + 1) * slotBytes, hostSlots = 2 * slotBytes;
+  const size_t hostBytes = sizeof(float) * static_cast<size_t>(L * T * C);
+  bool onHost = options.checkpoints == "host";
+  if (options.checkpoints == "auto") {
+    const bool gpuFits = sharedBytes + gpuCheckpoints <= available;
+    const bool gains = !gpuFits || layersKept(hostSlots) > layersKept(gpuCheckpoints);
+    onHost = gains && hostBytes <= physicalMemoryBytes() / 2;
+  }
+  act.add(activations_.residual, (onHost ? 2 : L + 1) * T * C);
+  const int64_t keep = layersKept(onHost ? hostSlots : gpuCheckpoints);
   kept_.assign(static_cast<size_t>(keep), LayerActivations{});
-  for (LayerActivations& layer : kept_) addLayerActivations(act, layer, c, T, R);
+  for (LayerActivations& layer : kept_) addLayerActivations(act, layer, c, T, T, R);
   firstKeptLayer_ = L - keep;
   activationBytes_ = act.bytes();
-  keptLayerBytes_ = oneLayer.bytes();
   const size_t total = weightBytes_ + loraBytes_ + activationBytes_ + scratchBytes_;
   if (total > available) {
     throw Error("the CUDA memory plan needs " + gibibytes(static_cast<double>(total)) + " (weights " +
@@ -134,10 +171,24 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
                     gibibytes(static_cast<double>(loraBytes_)) + ", activations " +
                     gibibytes(static_cast<double>(activationBytes_)) + ", scratch " +
                     gibibytes(static_cast<double>(scratchBytes_)) + ") but only " +
-                    gibibytes(static_cast<double>(available)) + " are " + against + "; lower maxTokens (now " +
-                    std::to_string(T) + ") or the LoRA rank (now " + std::to_string(R) +
+                    gibibytes(static_cast<double>(available)) + " are " + against +
+                    (onHost ? "; the residual checkpoints (" + gibibytes(static_cast<double>(hostBytes)) +
+                                  ") are in host memory already"
+                            : "") +
+                    "; lower maxTokens (now " + std::to_string(T) + ") or the LoRA rank (now " + std::to_string(R) +
                     "), or use a smaller quantization of the model",
                 ErrorKind::OutOfMemory);
+  }
+  if (onHost) {
+    if (cudaHostAlloc(reinterpret_cast<void**>(&hostCheckpoints_), hostBytes, cudaHostAllocDefault) != cudaSuccess) {
+      cudaGetLastError();
+      hostCheckpoints_ = nullptr;
+      throw Error("could not pin " + gibibytes(static_cast<double>(hostBytes)) +
+                      " of host memory for the residual checkpoints (" + std::to_string(L) + " layers × " +
+                      std::to_string(T) + " positions); lower maxTokens or use checkpoints \"gpu\"",
+                  ErrorKind::OutOfMemory);
+    }
+    hostBytes_ = hostBytes;
   }
   const cudaError_t allocated = cudaMalloc(&block_, total);
   if (allocated != cudaSuccess) {
@@ -153,14 +204,15 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   weights.assign(base);
   loraLayout.assign(base += weightBytes_);
   act.assign(base += loraBytes_);
-  activations_.gate = activations_.dHidden;
-  activations_.hidden = activations_.up;
+  shareActivationBuffers(activations_);
   scratch.assign(base += activationBytes_);
   weights_->assigned();
 }
 
 CudaPlan::~CudaPlan() {
-  if (block_) cudaFree(block_);  // errors here have nowhere to go
+  // errors here have nowhere to go
+  if (block_) cudaFree(block_);
+  if (hostCheckpoints_) cudaFreeHost(hostCheckpoints_);
 }
 
 void CudaPlan::recordDeviceUse() {
@@ -180,6 +232,11 @@ std::vector<std::pair<std::string, double>> CudaPlan::report() const {
           {"keptLayers", static_cast<double>(keptLayers)},
           {"recomputedLayers", static_cast<double>(firstKeptLayer_)},
           {"keptLayerBytes", static_cast<double>(keptLayerBytes_)},
+          {"feedForwardTokens", static_cast<double>(feedForwardTokens_)},
+          // pinned host memory holding the residual checkpoints (0: they are on the GPU)
+          {"hostCheckpoints", static_cast<double>(hostBytes_)},
+          // seconds the compute stream waited for checkpoint copies (the part that did not overlap)
+          {"copyWaitSeconds", copyWaitSeconds_},
           // the most device memory in use, measured (cudaMemGetInfo: every process's allocations)
           {"deviceUsedPeak", static_cast<double>(devicePeakBytes_)}};
 }

@@ -2,7 +2,11 @@
 // the weights (DeviceModel), LoRA, activation and scratch lifetimes. The LoRA buffers and the shared
 // activation buffers are laid out as on the CPU (memory_plan.h); the total is compared with the free
 // GPU memory (or EngineOptions::gpuMemoryBytes) before anything is allocated, and what the budget
-// leaves keeps the activations of as many layers as fit (the backward recomputes the others).
+// leaves keeps the activations of as many layers as fit (the backward recomputes the others). The
+// layers' residual checkpoints (fp32, (T, C) each) stay on the GPU, or where that would cost kept
+// layers (or not fit), live in pinned host memory with two GPU slots (CudaBackend copies them on a
+// second stream). The feed-forward block runs over chunks of feedForwardTokens positions, so no
+// (T, nFf) buffer exists whole except in a kept layer.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -31,9 +35,10 @@ struct LayerActivations {
   __nv_bfloat16* attn = nullptr;  // (T, QD) attention output, O's input
   float* lse = nullptr;           // (nHead, T)
   float* residual2 = nullptr;     // (T, C) input of the feed-forward block
-  __nv_bfloat16* gate = nullptr;  // (T, F) gate projection, rounded
-  __nv_bfloat16* up = nullptr;    // (T, F) up projection, rounded
+  __nv_bfloat16* gate = nullptr;  // (TF, F) gate projection, rounded
+  __nv_bfloat16* up = nullptr;    // (TF, F) up projection, rounded
   float* loraHidden = nullptr;    // (7, T, R) x·Aᵀ of each adapter
+  int64_t feedForwardTokens = 0;  // TF: positions gate and up hold (a kept layer: the whole row)
 };
 
 // Activation-lifetime buffers only the CUDA passes use, besides ActivationBuffers (whose q, k, v,
@@ -51,10 +56,12 @@ struct CudaScratch {
   __nv_bfloat16* layerWeights[kProjectionCount] = {};  // one layer's matrices in bf16, dequantized once a pass
   __nv_bfloat16* weightBf16 = nullptr;  // (vocabChunk, C) the output matrix a chunk at a time
   __nv_bfloat16* dAttnBf16 = nullptr;   // (T, QD) the attention output's gradient
-  __nv_bfloat16* inputBf16 = nullptr;   // (T, widest) a product's activation operand
-  __nv_bfloat16* gradientBf16 = nullptr;  // (T, widest) a second one: d(up), dK in the backward
+  // widest: max(T·max(C, QD), TF·F) elements
+  __nv_bfloat16* inputBf16 = nullptr;     // (widest) a product's activation operand
+  __nv_bfloat16* gradientBf16 = nullptr;  // (widest) a second one: SwiGLU's output, d(up), dK in the backward
   __nv_bfloat16* dResidualBf16 = nullptr;  // (T, C) the residual gradient, as the RMSNorm backward leaves it
-  float* droppedInput = nullptr;        // (T, widest) LoRA input after dropout (only with dropout)
+  __nv_bfloat16* normedBf16 = nullptr;  // (T, C) the feed-forward block's normed input: every chunk's gate and up read it
+  float* droppedInput = nullptr;        // (widest) LoRA input after dropout (only with dropout)
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
   cuda::AttentionWorkspace attention;   // the tiled attention's buffers (kernels.h), without flash
@@ -80,6 +87,14 @@ class CudaPlan {
     return layer >= firstKeptLayer_ ? kept_[static_cast<size_t>(layer - firstKeptLayer_)] : shared_;
   }
   bool keeps(int64_t layer) const { return layer >= firstKeptLayer_; }
+  // layer `layer`'s input (layer nLayer: the last layer's output) on the GPU, for a row of T positions
+  float* layerInput(int64_t layer, int64_t T) const {
+    return activations_.residual + (hostCheckpoints_ ? layer % 2 : layer) * T * nEmbd_;
+  }
+  // its copy in pinned host memory (checkpointsOnHost() only)
+  float* hostCheckpoint(int64_t layer, int64_t T) const { return hostCheckpoints_ + layer * T * nEmbd_; }
+  bool checkpointsOnHost() const { return hostCheckpoints_ != nullptr; }
+  int64_t feedForwardTokens() const { return feedForwardTokens_; }
   bool flash() const { return flash_; }  // the fused attention handles this head shape
   int64_t vocabChunk() const { return vocabChunk_; }
   int64_t queryTile() const { return queryTile_; }
@@ -89,6 +104,8 @@ class CudaPlan {
   std::vector<std::pair<std::string, double>> report() const;
   // Notes the device memory in use now (cudaMemGetInfo: every process's allocations).
   void recordDeviceUse();
+  // Adds time the compute stream waited for a checkpoint copy.
+  void recordCopyWait(double seconds) { copyWaitSeconds_ += seconds; }
 
  private:
   std::unique_ptr<DeviceModel> weights_;
@@ -99,6 +116,11 @@ class CudaPlan {
   LayerActivations shared_;             // the recomputed layers' activations
   std::vector<LayerActivations> kept_;  // layers [firstKeptLayer_, L): kept from the forward
   int64_t firstKeptLayer_ = 0;
+  int64_t nEmbd_ = 0;
+  int64_t feedForwardTokens_ = 0;
+  float* hostCheckpoints_ = nullptr;  // (L, T, C) pinned, when the checkpoints live in host memory
+  size_t hostBytes_ = 0;
+  double copyWaitSeconds_ = 0.0;
   bool flash_ = false;
   int64_t vocabChunk_ = 0;
   int64_t queryTile_ = 0;

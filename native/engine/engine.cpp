@@ -144,8 +144,10 @@ void Engine::forwardLayers(int64_t T, const Pass& pass) {
   }
 }
 
-LossResult Engine::runRows(const std::vector<Row>& rows, bool withGradient, const Pass& pass) {
+LossResult Engine::runRows(const std::vector<Row>& rows, bool withGradient, const Pass& rowsPass) {
   const int64_t L = model_->config().nLayer;
+  Pass pass = rowsPass;
+  pass.backward = withGradient;
   LossResult total;
   backend_->resetLoss();
   for (const Row& row : rows) {

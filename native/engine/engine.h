@@ -43,7 +43,11 @@ struct EngineOptions {
   int64_t gpuMemoryBytes = 0;  // cuda: plan against a card of this size instead of the free memory (0)
   int64_t maxKeptLayers = -1;  // keep at most this many layers' activations (-1: as many as the budget fits:
                                // the free GPU memory, or a quarter of the host's memory on the CPU)
-  int64_t feedForwardTokens = 0;  // cpu: positions per feed-forward chunk (0: each (positions, F) buffer ≤ 128 MiB)
+  int64_t feedForwardTokens = 0;  // positions per feed-forward chunk (0: each (positions, F) buffer ≤ 128 MiB on the
+                                  // CPU, 384 MiB on CUDA)
+  // cuda: where the layers' residual checkpoints live: "auto" (the GPU, unless the budget then cannot keep every
+  // layer: pinned host memory, copied on a second stream), "gpu" or "host"
+  std::string checkpoints = "auto";
 };
 
 // One row of a batch: packed sequences; targets are -1 where a position has no loss.

@@ -54,9 +54,11 @@ std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& l,
 }
 
 void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfig& c, int64_t T, int64_t TF,
-                       int64_t R, bool sharedFeedForward) {
+                       int64_t R, int64_t residualSlots, bool sharedBuffers) {
   const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim(), F = c.nFf;
-  act.add(a.residual, (c.nLayer + 1) * T * C);
+  // dAttn and dq also hold the loss head's (positions, C) rows when shared
+  const int64_t lossRows = sharedBuffers ? std::max(C, QD) : QD;
+  if (residualSlots > 0) act.add(a.residual, residualSlots * T * C);
   act.add(a.normed1, T * C);
   act.add(a.rstd1, T);
   act.add(a.q, T * QD);
@@ -65,29 +67,37 @@ void layoutActivations(BufferLayout& act, ActivationBuffers& a, const ModelConfi
   act.add(a.attn, T * QD);
   act.add(a.normed2, T * C);
   act.add(a.rstd2, T);
-  if (!sharedFeedForward) act.add(a.gate, TF * F);
+  if (!sharedBuffers) act.add(a.gate, TF * F);
   act.add(a.up, TF * F);
-  if (!sharedFeedForward) act.add(a.hidden, TF * F);
-  act.add(a.normedFinal, T * C);
+  if (!sharedBuffers) act.add(a.hidden, TF * F);
+  if (!sharedBuffers) act.add(a.normedFinal, T * C);
   act.add(a.rstdFinal, T);
   act.add(a.ropeCache, T * c.headDim);
   act.add(a.seqStart, T);
   act.add(a.dResidual, T * C);
   act.add(a.dNormed, T * C);
-  act.add(a.dAttn, T * QD);
-  act.add(a.dq, T * QD);
+  act.add(a.dAttn, T * lossRows);
+  act.add(a.dq, T * lossRows);
   act.add(a.dk, T * KD);
   act.add(a.dv, T * KD);
   act.add(a.dHidden, TF * F);
   act.add(a.dLoraHidden, T * R);
-  act.add(a.lossInput, T * C);
-  act.add(a.dLossInput, T * C);
+  if (!sharedBuffers) act.add(a.lossInput, T * C);
+  if (!sharedBuffers) act.add(a.dLossInput, T * C);
   act.add(a.lossTargets, T);
   act.add(a.lossPositions, T);
   act.add(a.runMax, T);
   act.add(a.runSum, T);
   act.add(a.targetLogit, T);
   act.add(a.lossLse, T);
+}
+
+void shareActivationBuffers(ActivationBuffers& a) {
+  a.gate = a.dHidden;
+  a.hidden = a.up;
+  a.normedFinal = a.dNormed;
+  a.lossInput = a.dAttn;
+  a.dLossInput = a.dq;
 }
 
 namespace {
@@ -131,7 +141,7 @@ MemoryPlan::MemoryPlan(const Model& model, const Lora& lora, const PlanSizes& si
   layoutLora(loraLayout, lora_, static_cast<int64_t>(lora.parameterCount()));
 
   BufferLayout act(kAlignment);
-  layoutActivations(act, activations_, c, T, sizes.feedForwardTokens, R);
+  layoutActivations(act, activations_, c, T, sizes.feedForwardTokens, R, c.nLayer + 1);
   CpuBuffers& b = cpuBuffers_;
   act.add(b.lse, c.nHead * T);
   act.add(b.residual2, T * C);

@@ -18,6 +18,14 @@ namespace thinktune {
 
 inline size_t roundUp(size_t value, size_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
+// Positions [begin, begin + count) of a row of rowLength: a feed-forward chunk, or the whole row.
+struct TokenRange {
+  int64_t begin;
+  int64_t count;
+  int64_t rowLength;
+  static TokenRange whole(int64_t T) { return {0, T, T}; }
+};
+
 // Two passes over the same list of (pointer, count): sum the sizes, then hand out addresses inside
 // one allocation, each buffer starting on `alignment` bytes. Used by the CPU and CUDA memory plans
 // (this file and cuda_plan.cu), which lay out the LoRA and activation buffers alike.
@@ -66,7 +74,8 @@ std::array<std::pair<float*, const float*>, 3> stateCopies(const LoraBuffers& bu
 // the feed-forward input, the LoRA hidden products) each backend keeps its own way (CpuBuffers here,
 // LayerActivations in cuda_plan.cuh).
 struct ActivationBuffers {
-  float* residual = nullptr;   // (L + 1, T, C): each layer's input (checkpoints) and the final output
+  float* residual = nullptr;   // (L + 1, T, C): each layer's input (checkpoints) and the final output (CUDA with
+                               // the checkpoints in host memory: 2 slots, layer l's input in slot l % 2)
   float* normed1 = nullptr;    // (T, C) attention RMSNorm output
   float* rstd1 = nullptr;      // (T)
   float* q = nullptr;          // (T, QD) after RoPE
@@ -101,11 +110,15 @@ struct ActivationBuffers {
   float* targetLogit = nullptr;  // (T)
   float* lossLse = nullptr;      // (T)
 };
-// sharedFeedForward: gate and hidden get no buffers of their own; the caller points them at dHidden
-// and up once the layout is assigned (the CUDA backend: gate's product is consumed before dHidden is
-// written, and SwiGLU writes hidden over up in place)
+// residualSlots: (T, C) slots of `residual` (L + 1: every layer's input and the final output; 0: the caller
+// lays it out).
+// sharedBuffers (the CUDA backend): buffers whose lives do not overlap share one; shareActivationBuffers
+// points them at their hosts once the layout is assigned: gate at dHidden (gate's product is consumed
+// before dHidden is written), hidden at up (SwiGLU writes it over up in place), and the loss head's
+// normedFinal, lossInput and dLossInput at dNormed, dAttn and dq (free while the loss head runs).
 void layoutActivations(BufferLayout& layout, ActivationBuffers& buffers, const ModelConfig& config, int64_t T,
-                       int64_t feedForwardTokens, int64_t rank, bool sharedFeedForward = false);
+                       int64_t feedForwardTokens, int64_t rank, int64_t residualSlots, bool sharedBuffers = false);
+void shareActivationBuffers(ActivationBuffers& buffers);
 
 // The CPU backend's own activation buffers.
 struct CpuBuffers {

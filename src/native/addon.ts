@@ -66,8 +66,10 @@ export interface NativeEngineOptions {
   gpuMemoryBytes?: number;
   /** keep at most this many layers' activations from the forward (default: as many as the budget fits; 0 recomputes every layer) */
   maxKeptLayers?: number;
-  /** CPU only: positions per feed-forward chunk (default: each (positions, FFN width) buffer ≤ 128 MiB) */
+  /** positions per feed-forward chunk (default: each (positions, FFN width) buffer ≤ 128 MiB on the CPU, 384 MiB on CUDA) */
   feedForwardTokens?: number;
+  /** CUDA only: where the layers' residual checkpoints live ("auto": the GPU unless the budget needs pinned host memory) */
+  checkpoints?: "auto" | "gpu" | "host";
   /** the file's tensor data alignment (general.alignment, 32 when absent): offsets are checked against it */
   alignment?: number;
   /** arithmetic of the base-weight matmuls: "fp32" (default, the reference) or "bf16" (AVX512-BF16 CPUs, about 2x faster) */

@@ -43,8 +43,10 @@ export const engineOptionsSchema = z.strictObject({
   gpuMemoryBytes: z.int().min(1).optional(),
   /** keep at most this many layers' activations from the forward (default: as many as the budget fits: the GPU's free memory or --gpu-memory, a quarter of the host's memory on the CPU; 0 = lean, recompute every layer) */
   maxKeptLayers: z.int().min(0).optional(),
-  /** CPU only: positions per feed-forward chunk (default: each (positions, FFN width) buffer holds at most 128 MiB, so memory stays flat in the sequence length) */
+  /** positions per feed-forward chunk (default: each (positions, FFN width) buffer holds at most 128 MiB on the CPU, 384 MiB on CUDA, so it does not grow with the sequence length) */
   feedForwardTokens: z.int().min(1).optional(),
+  /** CUDA only: where each layer's saved input (its residual checkpoint) lives: "auto" keeps them on the GPU unless the budget then cannot keep every layer's activations, and moves them to pinned host memory (copied on a second stream, overlapping the compute) */
+  checkpoints: z.enum(["auto", "gpu", "host"]).default("auto"),
   /** longest row (tokens) a batch may hold; defaults to min(2048, the model's context length) */
   maxTokens: z.int().min(1).optional(),
   /** `seed` draws the initial A matrices and the dropout masks */

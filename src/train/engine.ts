@@ -111,6 +111,7 @@ export class Engine {
       ...(resolved.gpuMemoryBytes === undefined ? {} : { gpuMemoryBytes: resolved.gpuMemoryBytes }),
       ...(resolved.maxKeptLayers === undefined ? {} : { maxKeptLayers: resolved.maxKeptLayers }),
       ...(resolved.feedForwardTokens === undefined ? {} : { feedForwardTokens: resolved.feedForwardTokens }),
+      checkpoints: resolved.checkpoints,
     };
     const native = await loadNativeAddon().Engine.create(nativeOptions);
     return new Engine(native, file.path, config, resolved);

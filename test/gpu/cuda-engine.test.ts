@@ -121,6 +121,105 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     }
   });
 
+  it("a 32k-position packed row of six sequences, checkpoints in host memory and the feed-forward in chunks", async () => {
+    const file = await synthModel({ ...model, contextLength: 32768, arch: "qwen2", type: "Q8_0", seed: 408 });
+    const options = { maxTokens: 32768, lora: { rank: 4, alpha: 8 } };
+    const cpu = await Engine.load(file, { ...options, device: "cpu", threads: 0 });
+    const gpu = await Engine.load(file, { ...options, device: "cuda", checkpoints: "host", feedForwardTokens: 3000 });
+    try {
+      expect(gpu.memoryPlan().hostCheckpoints).toBe(model.nLayer * 32768 * model.nEmbd * 4);
+      expect(gpu.memoryPlan().feedForwardTokens).toBe(3000);
+      await gpu.setLora(await randomizeLora(cpu, 23, 0.05));
+      const lengths = [7000, 6000, 6000, 5000, 4768, 4000];
+      const long = packedRow(lengths.map((length, i) => randomTokens(length, model.nVocab, 41 + i)), 7);
+      await expectSameGradients({ cpu, gpu }, [long]);
+      expect(gpu.memoryPlan().copyWaitSeconds).toBeGreaterThanOrEqual(0);
+    } finally {
+      cpu.dispose();
+      gpu.dispose();
+    }
+  }, 600_000);
+
+  describe("long rows: the same numbers whatever the plan holds where", () => {
+    const options = { maxTokens: 192, lora: { rank: 8, alpha: 16, dropout: 0.1 } };
+    const rows = [packedRow([randomTokens(110, model.nVocab, 51), randomTokens(75, model.nVocab, 52)], 6)];
+
+    /** Three training steps (dropout on) and then the gradients of `a` and `b`, within 1e-5 / 1e-4. */
+    async function expectSameTraining(a: Engine, b: Engine): Promise<void> {
+      const lora = await randomizeLora(a, 13, 0.05);
+      await a.setLora(lora);
+      await b.setLora(lora);
+      for (let step = 0; step < 3; step++) {
+        const [x, y] = await Promise.all([a.step(rows, 1e-3), b.step(rows, 1e-3)]);
+        expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(1e-5);
+      }
+      const [x, y] = await Promise.all([a.gradients(rows), b.gradients(rows)]);
+      for (let i = 0; i < y.tensors.length; i++) {
+        expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), y.tensors[i]!.name).toBeLessThanOrEqual(1e-4);
+      }
+    }
+
+    it("residual checkpoints in pinned host memory (copied on a second stream) give the losses and gradients of checkpoints on the GPU", async () => {
+      const file = await synthModel({ ...model, nLayer: 4, contextLength: 256, arch: "qwen2", type: "Q4_K", seed: 409 });
+      // one kept layer: the host copies serve kept and recomputed layers alike
+      const onHost = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1, checkpoints: "host" });
+      const onGpu = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1, checkpoints: "gpu" });
+      try {
+        const host = onHost.memoryPlan();
+        const gpu = onGpu.memoryPlan();
+        expect(host.hostCheckpoints).toBe(4 * 192 * model.nEmbd * 4);
+        expect(gpu.hostCheckpoints).toBe(0);
+        expect(host.keptLayers).toBe(1);
+        // five (positions, C) slots on the GPU against two
+        expect(gpu.activations! - host.activations!).toBe(3 * 192 * model.nEmbd * 4);
+        await expectSameTraining(onHost, onGpu);
+        const waited = onHost.memoryPlan().copyWaitSeconds!;
+        expect(waited).toBeGreaterThanOrEqual(0);
+        expect(waited).toBeLessThan(60);
+        expect(onGpu.memoryPlan().copyWaitSeconds).toBe(0);
+      } finally {
+        onHost.dispose();
+        onGpu.dispose();
+      }
+    });
+
+    it("the feed-forward block over chunks of positions gives the losses and gradients of the whole block", async () => {
+      const file = await synthModel({ ...model, nLayer: 3, contextLength: 256, arch: "llama", type: "Q8_0", seed: 410 });
+      // chunks of 48 positions: the dropout masks and LoRA rows must follow each chunk's offset
+      const chunked = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1, feedForwardTokens: 48 });
+      const whole = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1 });
+      try {
+        expect(chunked.memoryPlan().feedForwardTokens).toBe(48);
+        expect(whole.memoryPlan().feedForwardTokens).toBe(192);
+        expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
+        await expectSameTraining(chunked, whole);
+      } finally {
+        chunked.dispose();
+        whole.dispose();
+      }
+    });
+
+    it("the plan moves the checkpoints to host memory when that keeps more layers", async () => {
+      const file = await synthModel({ ...model, nLayer: 4, contextLength: 4096, arch: "qwen2", type: "Q8_0", seed: 411 });
+      // sized on this plan: room for every layer with the checkpoints in host memory, not with them on the GPU
+      const probe = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", checkpoints: "host" });
+      const host = probe.memoryPlan();
+      probe.dispose();
+      const contextReserve = 768 * 2 ** 20;
+      const gpuMemoryBytes = host.total! + contextReserve + 256 * 2 ** 20 + 2 * 2 ** 20;
+      const auto = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", gpuMemoryBytes });
+      const onGpu = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", gpuMemoryBytes, checkpoints: "gpu" });
+      try {
+        expect(auto.memoryPlan().hostCheckpoints).toBe(host.hostCheckpoints);
+        expect(auto.memoryPlan().keptLayers).toBe(4);
+        expect(onGpu.memoryPlan().keptLayers).toBeLessThan(4);
+      } finally {
+        auto.dispose();
+        onGpu.dispose();
+      }
+    });
+  });
+
   it("head dimensions the fused attention does not take (32) use the tiled attention", async () => {
     const file = await synthModel({ ...model, nHead: 8, nHeadKv: 2, arch: "qwen2", type: "Q8_0", seed: 407 });
     const pair = await enginePair(file, { maxTokens: 96, lora: { rank: 4, alpha: 8 } });

@@ -11,7 +11,7 @@ constexpr int kThreads = 256;
 
 // Lora::keeps, through the same hash
 __device__ inline bool keeps(const DropoutMask& mask, uint64_t index) {
-  return dropoutKeeps(mask.stepKey, mask.site, index, mask.dropout);
+  return dropoutKeeps(mask.stepKey, mask.site, mask.first + index, mask.dropout);
 }
 
 __global__ void add_inplace_kernel(float* a, const float* b, int64_t n) {

@@ -54,11 +54,12 @@ void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, i
 // out[rows[i]] (C) = inp (n, C)[i]; other rows of out are left as they are
 void scatter_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
 // LoRA dropout with the CPU engine's counter-based mask (Lora::keeps, common/splitmix.h): element i
-// survives when dropoutKeeps(stepKey, site, i, dropout), stepKey = dropoutStepKey(seed, step).
+// survives when dropoutKeeps(stepKey, site, first + i, dropout), stepKey = dropoutStepKey(seed, step).
 struct DropoutMask {
   uint64_t stepKey;
   uint64_t site;  // layer · 7 + projection
   float dropout;
+  uint64_t first;  // index of element 0 in the whole row's input (a feed-forward chunk starts past 0)
 };
 // out (n) = keep ? inp·1/(1−p) : 0
 void dropout_forward(float* out, const float* inp, int64_t n, DropoutMask mask, cudaStream_t stream);
