@@ -141,21 +141,23 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
   }, 600_000);
 
   describe("long rows: the same numbers whatever the plan holds where", () => {
-    const options = { maxTokens: 192, lora: { rank: 8, alpha: 16, dropout: 0.1 } };
+    // eps = 1 makes AdamW's update −lr·g/(|g| + 1) ≈ −lr·g: a rounding-sized difference in a gradient stays
+    // rounding-sized in the next step's loss instead of flipping the sign of a whole update
+    const options = { maxTokens: 192, lora: { rank: 8, alpha: 16, dropout: 0.1 }, optimizer: { eps: 1, weightDecay: 0, clipNorm: 0 } };
     const rows = [packedRow([randomTokens(110, model.nVocab, 51), randomTokens(75, model.nVocab, 52)], 6)];
 
-    /** Three training steps (dropout on) and then the gradients of `a` and `b`, within 1e-5 / 1e-4. */
-    async function expectSameTraining(a: Engine, b: Engine): Promise<void> {
+    /** Three training steps (dropout on) and then the gradients of `a` and `b`: losses within 1e-5, gradients within `gradientTolerance`. */
+    async function expectSameTraining(a: Engine, b: Engine, gradientTolerance: number): Promise<void> {
       const lora = await randomizeLora(a, 13, 0.05);
       await a.setLora(lora);
       await b.setLora(lora);
       for (let step = 0; step < 3; step++) {
-        const [x, y] = await Promise.all([a.step(rows, 1e-3), b.step(rows, 1e-3)]);
+        const [x, y] = await Promise.all([a.step(rows, 1e-2), b.step(rows, 1e-2)]);
         expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(1e-5);
       }
       const [x, y] = await Promise.all([a.gradients(rows), b.gradients(rows)]);
       for (let i = 0; i < y.tensors.length; i++) {
-        expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), y.tensors[i]!.name).toBeLessThanOrEqual(1e-4);
+        expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), y.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
       }
     }
 
@@ -172,7 +174,8 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         expect(host.keptLayers).toBe(1);
         // five (positions, C) slots on the GPU against two
         expect(gpu.activations! - host.activations!).toBe(3 * 192 * model.nEmbd * 4);
-        await expectSameTraining(onHost, onGpu);
+        // the same products on the same values: only the copies differ
+        await expectSameTraining(onHost, onGpu, 1e-5);
         const waited = onHost.memoryPlan().copyWaitSeconds!;
         expect(waited).toBeGreaterThanOrEqual(0);
         expect(waited).toBeLessThan(60);
@@ -192,7 +195,8 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         expect(chunked.memoryPlan().feedForwardTokens).toBe(48);
         expect(whole.memoryPlan().feedForwardTokens).toBe(192);
         expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
-        await expectSameTraining(chunked, whole);
+        // cuBLAS sums products of other shapes in another order: a few bf16 roundings of gate and up differ
+        await expectSameTraining(chunked, whole, 1e-3);
       } finally {
         chunked.dispose();
         whole.dispose();
