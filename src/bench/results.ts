@@ -43,6 +43,10 @@ export interface BenchRecord {
   gpuMemoryGiB?: number | null;
   /** CUDA: layers whose activations the plan kept from the forward (the rest are recomputed) */
   keptLayers?: number | null;
+  /** CUDA: pinned host memory holding the layers' residual checkpoints (GiB; 0 when they stay on the GPU) */
+  hostGiB?: number | null;
+  /** CUDA: the share of the timed steps' wall time the GPU waited for checkpoint copies that did not overlap compute */
+  copyWaitShare?: number | null;
 }
 
 /** Attention forward + backward alone: thinktune's fused kernels beside torch SDPA at the same shape. */
@@ -98,6 +102,10 @@ function format(value: number | null | undefined, digits = 1): string {
   return value === null || value === undefined || !Number.isFinite(value) ? "–" : value.toFixed(digits);
 }
 
+function percent(share: number | null | undefined): string {
+  return share === null || share === undefined || !Number.isFinite(share) ? "–" : `${(share * 100).toFixed(1)}%`;
+}
+
 /** ours / theirs as "1.23x" ("–" when either side is missing). */
 function ratio(ours: number | null | undefined, theirs: number | null | undefined): string {
   if (!ours || !theirs) return "–";
@@ -131,6 +139,11 @@ function goalLines(records: BenchRecord[]): string[] {
       const limit = record.gpuMemoryGiB ?? (record.seq >= 16384 ? 24 : record.seq === 4096 ? 10 : undefined);
       const what = record.measuredPeakGiB === undefined || record.measuredPeakGiB === null ? "planned" : "measured";
       if (peak !== undefined && peak !== null && limit !== undefined) verdicts.push(`peak ${peak.toFixed(2)} GiB ${what} (goal ≤ ${limit} GiB: ${peak <= limit ? "met" : "not met"})`);
+      // what a long length paid to fit: checkpoints moved to host memory, and the copies compute did not hide
+      if (record.hostGiB) {
+        const wait = record.copyWaitShare === undefined || record.copyWaitShare === null ? "" : `, ${percent(record.copyWaitShare)} of the step time waiting on checkpoint copies`;
+        verdicts.push(`${record.hostGiB.toFixed(2)} GiB of checkpoints in host memory${wait}`);
+      }
     }
     if (verdicts.length > 0) lines.push(`- ${label}: ${verdicts.join("; ")}.`);
   }
@@ -186,9 +199,11 @@ export function renderResultsMarkdown(all: AnyBenchRecord[], profile?: string): 
     "(its peak by design; on the CPU the memory-mapped weights included); measured GiB: the most device memory",
     "in use during the measurement (cudaMemGetInfo, the CUDA context included). Budget: --gpu-memory; kept:",
     "layers whose activations the plan kept from the forward (the others are recomputed in the backward).",
+    "Host GiB: pinned host memory holding layer checkpoints; copy wait: the share of the training time the GPU",
+    "waited for checkpoint copies that did not overlap compute.",
     "",
-    "| date | machine | commit | device | model | type | seq | threads | train tok/s | PEFT tok/s | vs PEFT | forward tok/s | llama.cpp tok/s | vs llama.cpp | step s | peak GiB | measured GiB | budget GiB | kept | PEFT peak GiB | MFU |",
-    "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| date | machine | commit | device | model | type | seq | threads | train tok/s | PEFT tok/s | vs PEFT | forward tok/s | llama.cpp tok/s | vs llama.cpp | step s | peak GiB | measured GiB | budget GiB | kept | host GiB | copy wait | PEFT peak GiB | MFU |",
+    "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   const rows = records.map((record) =>
     [
@@ -211,8 +226,10 @@ export function renderResultsMarkdown(all: AnyBenchRecord[], profile?: string): 
       format(record.measuredPeakGiB, 2),
       format(record.gpuMemoryGiB, 0),
       record.keptLayers === null || record.keptLayers === undefined ? "–" : String(record.keptLayers),
+      format(record.hostGiB, 2),
+      percent(record.copyWaitShare),
       format(record.peftPeakGiB, 2),
-      record.mfu === null || record.mfu === undefined ? "–" : `${(record.mfu * 100).toFixed(1)}%`,
+      percent(record.mfu),
     ].join(" | "),
   );
   const goals = goalLines(records);

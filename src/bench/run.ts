@@ -362,13 +362,20 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<AnyBenchR
         const tokens = benchTokens(seq, synth.nVocab);
         const forward = await timeMean(3, 1, () => engine.evaluate([forwardRow(tokens)]));
         const row = trainingRow(tokens);
-        const step = await timeMean(options.steps, 2, () => engine.step([row], learningRate));
+        // two untimed warm-up steps
+        for (let i = 0; i < 2; i++) await engine.step([row], learningRate);
+        // the copy wait is cumulative since the engine was created: the timed steps' share is its growth over them
+        const waitBefore = engine.memoryPlan().copyWaitSeconds;
+        const step = await timeMean(options.steps, 0, () => engine.step([row], learningRate));
         const mfu = peakTflops ? (trainingFlopsPerToken(synth, seq) * (seq / step)) / (peakTflops * 1e12) : null;
         const plan = engine.memoryPlan();
         const measuredPeak = plan.deviceUsedPeak ?? null;
+        const hostBytes = plan.hostCheckpoints ?? null;
+        const copyWaitShare = waitBefore === undefined || plan.copyWaitSeconds === undefined ? null : (plan.copyWaitSeconds - waitBefore) / (step * options.steps);
         options.progress(
           `  seq ${seq}: LoRA step ${(seq / step).toFixed(1)} tokens/s (${step.toFixed(3)} s), forward ${(seq / forward).toFixed(1)} tokens/s, ` +
-            `plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB (${plan.keptLayers ?? 0} of ${synth.nLayer} layers kept), measured ${measuredPeak === null ? "–" : (measuredPeak / 2 ** 30).toFixed(2)} GiB`,
+            `plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB (${plan.keptLayers ?? 0} of ${synth.nLayer} layers kept), measured ${measuredPeak === null ? "–" : (measuredPeak / 2 ** 30).toFixed(2)} GiB, ` +
+            `host ${hostBytes === null ? "–" : (hostBytes / 2 ** 30).toFixed(2)} GiB, copy wait ${copyWaitShare === null ? "–" : `${(copyWaitShare * 100).toFixed(1)}%`} of the step time`,
         );
         measured.push({
           date: options.date,
@@ -389,6 +396,8 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<AnyBenchR
           measuredPeakGiB: measuredPeak === null ? null : round(measuredPeak / 2 ** 30, 2),
           gpuMemoryGiB: options.gpuMemoryBytes ? round(options.gpuMemoryBytes / 2 ** 30, 2) : null,
           keptLayers: plan.keptLayers ?? null,
+          hostGiB: hostBytes === null ? null : round(hostBytes / 2 ** 30, 2),
+          copyWaitShare: copyWaitShare === null ? null : round(copyWaitShare, 4),
           mfu: mfu === null ? null : round(mfu, 4),
         });
       } finally {

@@ -148,7 +148,7 @@ class Progress {
     const msPerStep = (now - this.firstStepAt.time) / Math.max(1, stepsDone);
     const eta = formatDuration(msPerStep * (event.totalSteps - event.step));
     const epoch = this.epochs === undefined ? event.epoch.toFixed(2) : `${event.epoch.toFixed(2)}/${this.epochs}`;
-    const fields = `step ${event.step}/${event.totalSteps} | epoch ${epoch} | loss(avg) ${this.smoothedLoss.toFixed(4)} | lr ${formatRate(event.lr)} | ${Math.round(event.tokensPerSecond)} tok/s | ETA ${eta} | mem ${formatBytes(event.peakMemory)}`;
+    const fields = `step ${event.step}/${event.totalSteps} | epoch ${epoch} | loss(avg) ${this.smoothedLoss.toFixed(4)} | lr ${formatRate(event.lr)} | ${Math.round(event.tokensPerSecond)} tok/s | ETA ${eta} | mem ${formatBytes(event.peakMemory)}${event.hostMemory ? ` + ${formatBytes(event.hostMemory)} host` : ""}`;
     if (this.tty) {
       const width = 20;
       const filled = Math.round((event.step / event.totalSteps) * width);

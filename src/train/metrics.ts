@@ -15,8 +15,13 @@ export interface StepRecord {
   tokensPerSecond: number;
   gradNorm: number;
   elapsedMs: number;
-  /** bytes: the process's peak resident memory on the CPU, the planned device memory on CUDA */
+  /**
+   * bytes: the process's peak resident memory on the CPU; on CUDA the most device memory in use so far,
+   * measured on the device (the plan's total where the engine reports no measurement)
+   */
   peakMemory: number;
+  /** bytes of pinned host memory holding the layers' checkpoints (CUDA, where the engine reports it; 0 when they stay on the GPU) */
+  hostMemory?: number;
 }
 
 export interface EvalRecord {

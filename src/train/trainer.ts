@@ -481,7 +481,7 @@ export class Trainer {
       tokensPerSecond: processed / (stepMs / 1000),
       gradNorm: result.gradNorm,
       elapsedMs: this.elapsed(run),
-      peakMemory: this.peakMemory(this.engine!),
+      ...this.memory(this.engine!),
     };
     run.records.push(record);
     await appendMetrics(run.metricsFile, record);
@@ -623,9 +623,12 @@ export class Trainer {
     return best?.step;
   }
 
-  private peakMemory(engine: Engine): number {
-    if (this.device === "cuda") return engine.memoryPlan().total ?? 0;
-    return peakMemoryBytes();
+  private memory(engine: Engine): Pick<StepRecord, "peakMemory" | "hostMemory"> {
+    if (this.device !== "cuda") return { peakMemory: peakMemoryBytes() };
+    const plan = engine.memoryPlan();
+    // an engine that has not measured its device use (0 or no key) still has its plan's total
+    const peakMemory = plan.deviceUsedPeak !== undefined && plan.deviceUsedPeak > 0 ? plan.deviceUsedPeak : (plan.total ?? 0);
+    return plan.hostCheckpoints === undefined ? { peakMemory } : { peakMemory, hostMemory: plan.hostCheckpoints };
   }
 
   private async writeAdapter(lora: NamedTensor[], step: number): Promise<string> {

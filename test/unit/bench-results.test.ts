@@ -1,5 +1,6 @@
-// bench/RESULTS.md from the records: training rows with the measured peak and the kept layers, the
-// attention table beside torch SDPA, and the goals of the GPU speed issue judged per record.
+// bench/RESULTS.md from the records: training rows with the measured peak, the kept layers, the host
+// memory and the copy wait, the attention table beside torch SDPA, and the goals of the GPU speed issue
+// judged per record.
 import { describe, expect, it } from "vitest";
 import { renderResultsMarkdown, type AttentionRecord, type BenchRecord } from "../../src/bench/results.js";
 
@@ -53,6 +54,21 @@ describe("bench results", () => {
     expect(markdown).toContain("training at 0.95x PEFT's tokens/s (goal ≥ 1x, aiming at 1.3x: not met)");
     expect(markdown).toContain("training at 1.06x PEFT's tokens/s (goal ≥ 1x: met); peak 9.60 GiB measured (goal ≤ 10 GiB: met)");
     expect(markdown).toContain("| 21.50 | 24 | 12 |");
+  });
+
+  it("shows the host memory and the copy wait of a long length, and dashes for records without them", () => {
+    const markdown = renderResultsMarkdown([
+      training(65536, 2_500, 0, { peftTokensPerSecond: null, measuredPeakGiB: 23.1, keptLayers: 0, hostGiB: 12.25, copyWaitShare: 0.0412, mfu: 0.18 }),
+      training(4096, 12_000, 8_000),
+      training(16384, 7_000, 7_400, { hostGiB: 0, copyWaitShare: 0 }),
+    ]);
+    expect(markdown).toContain("| kept | host GiB | copy wait | PEFT peak GiB | MFU |");
+    expect(markdown).toContain("| 23.10 | 24 | 0 | 12.25 | 4.1% | – | 18.0% |");
+    expect(markdown).toContain("seq 65536 (2026-12-01, 16-core host, abc1234): peak 23.10 GiB measured (goal ≤ 24 GiB: met); 12.25 GiB of checkpoints in host memory, 4.1% of the step time waiting on checkpoint copies.");
+    // a record from before the fields shows dashes; neither it nor one with the checkpoints on the GPU speaks of host memory
+    expect(markdown).toContain("| 21.50 | 24 | 12 | – | – | – | – |");
+    expect(markdown).toContain("| 21.50 | 24 | 12 | 0.00 | 0.0% | – | – |");
+    expect(markdown.match(/in host memory/g)?.length).toBe(1);
   });
 
   it("renders the attention table and its goal against SDPA flash, aiming at cuDNN", () => {

@@ -47,14 +47,18 @@ class FakeEngine {
     this.optimizerStep = state.step;
     this.moment = Float32Array.from(state.tensors[0].data);
   }
+  /** what memoryPlan() reports: the CPU engine's keys by default, a test sets the CUDA engine's */
+  static plan: Record<string, number> = { total: 1 };
   memoryPlan() {
-    return { total: 1 };
+    return FakeEngine.plan;
   }
   dispose() {}
   abort() {}
 }
 
 vi.mock("../../src/train/engine.js", async (importOriginal) => ({ ...(await importOriginal<object>()), Engine: FakeEngine }));
+// the stand-in engine runs anywhere: "cuda" is taken as asked, without looking for a GPU
+vi.mock("../../src/train/config.js", async (importOriginal) => ({ ...(await importOriginal<object>()), resolveDevice: (device: string) => (device === "cuda" ? "cuda" : "cpu") }));
 // the final adapter is written by the export module, which checks shapes against the real model: not this fake's
 vi.mock("../../src/export/gguf-adapter.js", () => ({ writeGgufAdapter: async () => undefined }));
 
@@ -162,6 +166,27 @@ describe("training loop (stand-in engine)", () => {
     await expect(collect(new Trainer({ ...base, out }).run())).rejects.toThrow(/already holds a run .* --resume/);
     const resumed = await collect((await Trainer.resume(out, { evalEvery: 1, threads: 1 })).run());
     expect(resumed.at(-1)).toMatchObject({ type: "done", reason: "completed" });
+  });
+
+  it("records on CUDA the measured device peak and the checkpoints' host memory, on the CPU the resident peak", async () => {
+    const root = await mkdtemp(path.join(tmpdir(), "thinktune-loop-"));
+    const memory = async (device: "cpu" | "cuda", plan: Record<string, number>) => {
+      FakeEngine.plan = plan;
+      try {
+        const out = path.join(root, `${device}-${Object.keys(plan).join("-")}`);
+        await collect(new Trainer({ ...base, device, maxSteps: 1, out }).run());
+        const [record] = (await readFile(path.join(out, "metrics.jsonl"), "utf8")).trim().split("\n").map((line) => JSON.parse(line));
+        return { peakMemory: record.peakMemory, hostMemory: record.hostMemory };
+      } finally {
+        FakeEngine.plan = { total: 1 };
+      }
+    };
+    expect(await memory("cuda", { total: 100, deviceUsedPeak: 150, hostCheckpoints: 40 })).toEqual({ peakMemory: 150, hostMemory: 40 });
+    // no measurement yet (0) or an engine without the keys: the plan's total, and no host memory
+    expect(await memory("cuda", { total: 100, deviceUsedPeak: 0 })).toEqual({ peakMemory: 100, hostMemory: undefined });
+    const cpu = await memory("cpu", { total: 100, deviceUsedPeak: 150, hostCheckpoints: 40 });
+    expect(cpu.hostMemory).toBeUndefined();
+    expect(cpu.peakMemory).toBeGreaterThan(1024 ** 2);
   });
 
   it("refuses a max length past the model's context length before tokenizing, saying what to pass", async () => {
