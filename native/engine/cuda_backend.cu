@@ -125,12 +125,12 @@ class CudaBackend final : public Backend {
   void attentionForward(int64_t layer, int64_t T, const Pass& pass);
   // gate and up over a chunk of positions, and SwiGLU: the layer's gate/up (bf16) and a.hidden for the chunk
   void gateUpForward(int64_t layer, TokenRange chunk, const Pass& pass);
-  // the row offset of chunk in a layer's saved gate and up (a kept layer holds the row, the shared set one chunk)
+  // the row offset of chunk in a layer's saved gate and up (a whole kept layer holds the row, the shared set a chunk)
   static int64_t feedForwardRow(const LayerActivations& saved, TokenRange chunk) {
-    return saved.feedForwardTokens >= chunk.rowLength ? chunk.begin : 0;
+    return saved.ownFeedForward ? chunk.begin : 0;
   }
   // A kept layer's backward needs the values its forward rebuilt per layer: the norms and the fp32
-  // attention output, from its input and its kept activations.
+  // attention output, from its input and its kept activations (SwiGLU's product: per chunk, in the backward).
   void rebuildLayerScratch(int64_t layer, int64_t T);
 
   // ---- residual checkpoints in host memory (plan_->checkpointsOnHost()) ----
@@ -505,7 +505,9 @@ void CudaBackend::rebuildLayerScratch(int64_t l, int64_t T) {
   const DeviceLayer& w = plan_->weights().layer(l);
   const LayerActivations& saved = plan_->layerActivations(l);
   rmsnorm_forward(a.normed1, nullptr, a.rstd1, plan_->layerInput(l, T), w.attnNorm, T, c.nEmbd, c.rmsEps, stream_);
-  rmsnorm_forward(a.normed2, nullptr, a.rstd2, saved.residual2, w.ffnNorm, T, c.nEmbd, c.rmsEps, stream_);
+  // without its own gate and up, the layer recomputes them from the normed input's bf16 copy
+  rmsnorm_forward(a.normed2, saved.ownFeedForward ? nullptr : plan_->scratch().normedBf16, a.rstd2, saved.residual2,
+                  w.ffnNorm, T, c.nEmbd, c.rmsEps, stream_);
   to_f32(a.attn, saved.attn, T * c.qDim(), stream_);
 }
 
@@ -540,14 +542,14 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
     const TokenRange chunk{t0, std::min(TF, T - t0), T};
     const int64_t row = feedForwardRow(saved, chunk), n = chunk.count * F;
     if (!forwardLeftFeedForward) {
-      if (plan_->keeps(l)) {
+      if (saved.ownFeedForward) {
         swiglu_forward(a.hidden, saved.gate + row * F, saved.up + row * F, n, stream_);
       } else {
         gateUpForward(l, chunk, pass);
         // the down projection's output is not needed again, but its adapter's backward reads hidden·Aᵀ
-        if (const LoraAdapter* down = lora_.find(l, Projection::Down)) {
-          loraHiddenForward(*down, a.hidden, saved.loraHidden, chunk, pass);
-        }
+        // (a kept layer has it from the forward)
+        const LoraAdapter* down = lora_.find(l, Projection::Down);
+        if (down && !plan_->keeps(l)) loraHiddenForward(*down, a.hidden, saved.loraHidden, chunk, pass);
       }
     }
     projectBackward(l, Projection::Down, a.dResidual + t0 * C, s.dResidualBf16 + t0 * C, a.hidden, a.dHidden,

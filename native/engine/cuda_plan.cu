@@ -33,7 +33,8 @@ std::string gibibytes(double bytes) {
   return text;
 }
 
-// TF rows of gate and up per layer: the recomputed layers' shared set holds a chunk, a kept layer the row
+// One layer's set; gate and up of TF rows (the shared set's chunk; T: a kept layer's own), or none
+// (TF = 0: a layer kept without its feed-forward products, pointed at the shared set's once assigned)
 void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelConfig& c, int64_t T, int64_t TF,
                          int64_t R) {
   const int64_t QD = c.qDim(), KD = c.kvDim();
@@ -43,10 +44,10 @@ void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelC
   layout.add(a.attn, T * QD);
   layout.add(a.lse, c.nHead * T);
   layout.add(a.residual2, T * c.nEmbd);
-  layout.add(a.gate, TF * c.nFf);
-  layout.add(a.up, TF * c.nFf);
+  if (TF > 0) layout.add(a.gate, TF * c.nFf);
+  if (TF > 0) layout.add(a.up, TF * c.nFf);
   layout.add(a.loraHidden, kProjectionCount * T * R);
-  a.feedForwardTokens = TF;
+  a.ownFeedForward = TF == T;
 }
 
 // Positions per feed-forward chunk: the whole row while its (T, F) fp32 buffers stay within
@@ -135,18 +136,26 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
     against = "usable on a " + gibibytes(static_cast<double>(card)) + " card (gpuMemoryBytes, less " +
               gibibytes(static_cast<double>(kContextReserveBytes)) + " for the CUDA context)";
   }
-  // keep as many layers' activations as the budget allows (the fused attention's layout only); the
-  // backward recomputes the others
-  BufferLayout oneLayer(kAlignment);
+  // keep as many layers' activations as the budget allows (the fused attention's layout only), first
+  // without their feed-forward products (a third of a whole layer's bytes at 16k positions saves more
+  // than half of its recompute), then whole; the backward recomputes the rest
+  BufferLayout wholeLayer(kAlignment), attentionLayer(kAlignment);
   LayerActivations sizing;
-  addLayerActivations(oneLayer, sizing, c, T, T, R);
-  keptLayerBytes_ = oneLayer.bytes();
+  addLayerActivations(wholeLayer, sizing, c, T, T, R);
+  addLayerActivations(attentionLayer, sizing, c, T, 0, R);
+  keptLayerBytes_ = wholeLayer.bytes();
+  keptAttentionBytes_ = attentionLayer.bytes();
   const int64_t keepCap = flash_ ? (options.maxKeptLayers >= 0 ? std::min(L, options.maxKeptLayers) : L) : 0;
   const size_t slotBytes = roundUp(sizeof(float) * static_cast<size_t>(T * C), kAlignment);
   const size_t sharedBytes = weightBytes_ + loraBytes_ + act.bytes() + scratchBytes_;
-  auto layersKept = [&](size_t checkpointBytes) {
+  // (layers kept, of them with their feed-forward products) within what the checkpoints leave
+  auto layersKept = [&](size_t checkpointBytes) -> std::pair<int64_t, int64_t> {
     const size_t fixed = sharedBytes + checkpointBytes + kKeptHeadroomBytes;
-    return std::min<int64_t>(keepCap, available > fixed ? static_cast<int64_t>((available - fixed) / keptLayerBytes_) : 0);
+    const size_t spare = available > fixed ? available - fixed : 0;
+    const int64_t kept = std::min<int64_t>(keepCap, static_cast<int64_t>(spare / keptAttentionBytes_));
+    if (kept < keepCap) return {kept, 0};
+    const size_t upgrade = keptLayerBytes_ - keptAttentionBytes_;
+    return {kept, std::min<int64_t>(kept, static_cast<int64_t>((spare - kept * keptAttentionBytes_) / upgrade))};
   };
   // the checkpoints: L + 1 slots on the GPU, or L in pinned host memory and 2 slots on the GPU; host memory
   // when it keeps layers the GPU copies would cost (or is the only way to fit), and a half of the host holds them
@@ -159,10 +168,12 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
     onHost = gains && hostBytes <= physicalMemoryBytes() / 2;
   }
   act.add(activations_.residual, (onHost ? 2 : L + 1) * T * C);
-  const int64_t keep = layersKept(onHost ? hostSlots : gpuCheckpoints);
+  const auto [keep, keepWhole] = layersKept(onHost ? hostSlots : gpuCheckpoints);
   kept_.assign(static_cast<size_t>(keep), LayerActivations{});
-  for (LayerActivations& layer : kept_) addLayerActivations(act, layer, c, T, T, R);
+  // the last keepWhole layers whole, the ones before them without the feed-forward products
+  for (int64_t i = 0; i < keep; ++i) addLayerActivations(act, kept_[static_cast<size_t>(i)], c, T, i >= keep - keepWhole ? T : 0, R);
   firstKeptLayer_ = L - keep;
+  keptWholeLayers_ = keepWhole;
   activationBytes_ = act.bytes();
   const size_t total = weightBytes_ + loraBytes_ + activationBytes_ + scratchBytes_;
   if (total > available) {
@@ -205,6 +216,11 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   loraLayout.assign(base += weightBytes_);
   act.assign(base += loraBytes_);
   shareActivationBuffers(activations_);
+  for (LayerActivations& layer : kept_) {
+    if (layer.ownFeedForward) continue;
+    layer.gate = shared_.gate;
+    layer.up = shared_.up;
+  }
   scratch.assign(base += activationBytes_);
   weights_->assigned();
 }
@@ -231,7 +247,10 @@ std::vector<std::pair<std::string, double>> CudaPlan::report() const {
           // layers whose activations stay from the forward (the rest are recomputed in the backward)
           {"keptLayers", static_cast<double>(keptLayers)},
           {"recomputedLayers", static_cast<double>(firstKeptLayer_)},
+          // of the kept layers, those whose feed-forward products are kept too (the others recompute them)
+          {"keptWholeLayers", static_cast<double>(keptWholeLayers_)},
           {"keptLayerBytes", static_cast<double>(keptLayerBytes_)},
+          {"keptAttentionBytes", static_cast<double>(keptAttentionBytes_)},
           {"feedForwardTokens", static_cast<double>(feedForwardTokens_)},
           // pinned host memory holding the residual checkpoints (0: they are on the GPU)
           {"hostCheckpoints", static_cast<double>(hostBytes_)},

@@ -25,7 +25,9 @@ namespace thinktune {
 struct EngineOptions;
 
 // What one layer's backward reads of its forward. Layers the memory plan keeps hold their own copy
-// from the forward; the others share one copy that the backward fills by recomputing the layer.
+// from the forward; the others share one copy that the backward fills by recomputing the layer. A
+// layer kept without its feed-forward products (they are most of a layer's bytes and the cheapest
+// part to recompute) holds its own copy of the rest and shares the chunk-sized gate and up.
 // Cheaper values (the norms, SwiGLU's product, fp32 copies of the products' inputs) are rebuilt
 // from these in the backward either way (CudaBackend::rebuildLayerScratch).
 struct LayerActivations {
@@ -38,7 +40,7 @@ struct LayerActivations {
   __nv_bfloat16* gate = nullptr;  // (TF, F) gate projection, rounded
   __nv_bfloat16* up = nullptr;    // (TF, F) up projection, rounded
   float* loraHidden = nullptr;    // (7, T, R) x·Aᵀ of each adapter
-  int64_t feedForwardTokens = 0;  // TF: positions gate and up hold (a kept layer: the whole row)
+  bool ownFeedForward = false;    // gate and up are this layer's, (T, F) of the whole row; else the shared (TF, F)
 };
 
 // Activation-lifetime buffers only the CUDA passes use, besides ActivationBuffers (whose q, k, v,
@@ -86,6 +88,7 @@ class CudaPlan {
   const LayerActivations& layerActivations(int64_t layer) const {
     return layer >= firstKeptLayer_ ? kept_[static_cast<size_t>(layer - firstKeptLayer_)] : shared_;
   }
+  // whether layer's activations are kept from the forward (its gate and up too: layerActivations().ownFeedForward)
   bool keeps(int64_t layer) const { return layer >= firstKeptLayer_; }
   // layer `layer`'s input (layer nLayer: the last layer's output) on the GPU, for a row of T positions
   float* layerInput(int64_t layer, int64_t T) const {
@@ -125,6 +128,8 @@ class CudaPlan {
   int64_t vocabChunk_ = 0;
   int64_t queryTile_ = 0;
   size_t weightBytes_ = 0, loraBytes_ = 0, activationBytes_ = 0, scratchBytes_ = 0, keptLayerBytes_ = 0;
+  size_t keptAttentionBytes_ = 0;  // a layer kept without its feed-forward products
+  int64_t keptWholeLayers_ = 0;
   size_t devicePeakBytes_ = 0;
   char* block_ = nullptr;  // the one device allocation
 };

@@ -43,6 +43,8 @@ export interface BenchRecord {
   gpuMemoryGiB?: number | null;
   /** CUDA: layers whose activations the plan kept from the forward (the rest are recomputed) */
   keptLayers?: number | null;
+  /** CUDA: of the kept layers, those whose feed-forward products were kept too (the others recompute them) */
+  keptWholeLayers?: number | null;
   /** CUDA: pinned host memory holding the layers' residual checkpoints (GiB; 0 when they stay on the GPU) */
   hostGiB?: number | null;
   /** CUDA: the share of the timed steps' wall time the GPU waited for checkpoint copies that did not overlap compute */
@@ -198,7 +200,8 @@ export function renderResultsMarkdown(all: AnyBenchRecord[], profile?: string): 
     "speed ratios, ours / theirs (above 1x: thinktune is faster). Peak GiB: the engine's planned memory",
     "(its peak by design; on the CPU the memory-mapped weights included); measured GiB: the most device memory",
     "in use during the measurement (cudaMemGetInfo, the CUDA context included). Budget: --gpu-memory; kept:",
-    "layers whose activations the plan kept from the forward (the others are recomputed in the backward).",
+    "layers whose activations the plan kept from the forward (the others are recomputed in the backward), and in",
+    "brackets how many of them kept their feed-forward products too (the rest recompute gate and up).",
     "Host GiB: pinned host memory holding layer checkpoints; copy wait: the share of the training time the GPU",
     "waited for checkpoint copies that did not overlap compute.",
     "",
@@ -225,7 +228,9 @@ export function renderResultsMarkdown(all: AnyBenchRecord[], profile?: string): 
       format(record.peakGiB, 2),
       format(record.measuredPeakGiB, 2),
       format(record.gpuMemoryGiB, 0),
-      record.keptLayers === null || record.keptLayers === undefined ? "–" : String(record.keptLayers),
+      record.keptLayers === null || record.keptLayers === undefined
+        ? "–"
+        : `${record.keptLayers}${typeof record.keptWholeLayers === "number" ? ` (${record.keptWholeLayers})` : ""}`,
       format(record.hostGiB, 2),
       percent(record.copyWaitShare),
       format(record.peftPeakGiB, 2),

@@ -374,7 +374,7 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<AnyBenchR
         const copyWaitShare = waitBefore === undefined || plan.copyWaitSeconds === undefined ? null : (plan.copyWaitSeconds - waitBefore) / (step * options.steps);
         options.progress(
           `  seq ${seq}: LoRA step ${(seq / step).toFixed(1)} tokens/s (${step.toFixed(3)} s), forward ${(seq / forward).toFixed(1)} tokens/s, ` +
-            `plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB (${plan.keptLayers ?? 0} of ${synth.nLayer} layers kept), measured ${measuredPeak === null ? "–" : (measuredPeak / 2 ** 30).toFixed(2)} GiB, ` +
+            `plan ${(peakBytes / 2 ** 30).toFixed(2)} GiB (${plan.keptLayers ?? 0} of ${synth.nLayer} layers kept, ${plan.keptWholeLayers ?? 0} with their feed-forward products), measured ${measuredPeak === null ? "–" : (measuredPeak / 2 ** 30).toFixed(2)} GiB, ` +
             `host ${hostBytes === null ? "–" : (hostBytes / 2 ** 30).toFixed(2)} GiB, copy wait ${copyWaitShare === null ? "–" : `${(copyWaitShare * 100).toFixed(1)}%`} of the step time`,
         );
         measured.push({
@@ -396,6 +396,7 @@ export async function runCudaBench(options: CudaBenchOptions): Promise<AnyBenchR
           measuredPeakGiB: measuredPeak === null ? null : round(measuredPeak / 2 ** 30, 2),
           gpuMemoryGiB: options.gpuMemoryBytes ? round(options.gpuMemoryBytes / 2 ** 30, 2) : null,
           keptLayers: plan.keptLayers ?? null,
+          keptWholeLayers: plan.keptWholeLayers ?? null,
           hostGiB: hostBytes === null ? null : round(hostBytes / 2 ** 30, 2),
           copyWaitShare: copyWaitShare === null ? null : round(copyWaitShare, 4),
           mfu: mfu === null ? null : round(mfu, 4),

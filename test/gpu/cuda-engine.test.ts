@@ -91,33 +91,45 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     }
   });
 
-  it("layers kept from the forward and recomputed layers give the same loss and gradients", async () => {
+  it("layers kept from the forward (whole or without their feed-forward products) and recomputed layers give the same loss and gradients", async () => {
     const file = await synthModel({ ...model, nLayer: 3, arch: "qwen2", type: "Q4_K", seed: 406 });
-    const options = { maxTokens: 128, lora: { rank: 8, alpha: 16, dropout: 0.1 } };
+    const options = { maxTokens: 128, lora: { rank: 8, alpha: 16, dropout: 0.1 }, checkpoints: "gpu" as const };
     const kept = await Engine.load(file, { ...options, device: "cuda" });
     const recomputed = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 0 });
+    // a budget with room for three layers without their gate and up products, not for one whole layer more
+    const lean = recomputed.memoryPlan();
+    const contextReserve = 768 * 2 ** 20;
+    const keptHeadroom = 256 * 2 ** 20;
+    const gpuMemoryBytes = lean.total! + contextReserve + keptHeadroom + 3 * lean.keptAttentionBytes!;
+    const attentionKept = await Engine.load(file, { ...options, device: "cuda", gpuMemoryBytes });
     try {
       expect(kept.memoryPlan().keptLayers).toBe(3);
+      expect(kept.memoryPlan().keptWholeLayers).toBe(3);
       expect(recomputed.memoryPlan().keptLayers).toBe(0);
       expect(recomputed.memoryPlan().recomputedLayers).toBe(3);
       expect(recomputed.memoryPlan().activations).toBeLessThan(kept.memoryPlan().activations!);
+      expect(attentionKept.memoryPlan().keptLayers).toBe(3);
+      expect(attentionKept.memoryPlan().keptWholeLayers).toBe(0);
+      expect(lean.keptAttentionBytes).toBeLessThan(lean.keptLayerBytes!);
       const lora = await randomizeLora(kept, 9, 0.05);
-      await kept.setLora(lora);
-      await recomputed.setLora(lora);
+      for (const engine of [kept, recomputed, attentionKept]) await engine.setLora(lora);
       const rows = [packedRow([randomTokens(70, model.nVocab, 31), randomTokens(45, model.nVocab, 32)], 6)];
-      // training steps (dropout on) then gradients: the kept path must see the same masks and values
+      // training steps (dropout on) then gradients: the kept paths must see the same masks and values
       for (let step = 0; step < 3; step++) {
-        const [a, b] = await Promise.all([kept.step(rows, 1e-3), recomputed.step(rows, 1e-3)]);
+        const [a, b, c] = await Promise.all([kept.step(rows, 1e-3), recomputed.step(rows, 1e-3), attentionKept.step(rows, 1e-3)]);
         expect(Math.abs(a.lossSum - b.lossSum) / b.lossSum).toBeLessThanOrEqual(1e-5);
+        expect(Math.abs(c.lossSum - b.lossSum) / b.lossSum).toBeLessThanOrEqual(1e-5);
       }
-      const [a, b] = await Promise.all([kept.gradients(rows), recomputed.gradients(rows)]);
+      const [a, b, c] = await Promise.all([kept.gradients(rows), recomputed.gradients(rows), attentionKept.gradients(rows)]);
       for (let i = 0; i < b.tensors.length; i++) {
         expect(relativeError(a.tensors[i]!.data, b.tensors[i]!.data), b.tensors[i]!.name).toBeLessThanOrEqual(1e-4);
+        expect(relativeError(c.tensors[i]!.data, b.tensors[i]!.data), b.tensors[i]!.name).toBeLessThanOrEqual(1e-4);
       }
       expect(kept.memoryPlan().deviceUsedPeak).toBeGreaterThan(kept.memoryPlan().total!);
     } finally {
       kept.dispose();
       recomputed.dispose();
+      attentionKept.dispose();
     }
   });
 
@@ -205,7 +217,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
 
     it("the plan moves the checkpoints to host memory when that keeps more layers", async () => {
       const file = await synthModel({ ...model, nLayer: 4, contextLength: 4096, arch: "qwen2", type: "Q8_0", seed: 411 });
-      // sized on this plan: room for every layer with the checkpoints in host memory, not with them on the GPU
+      // sized on this plan: room for every whole layer with the checkpoints in host memory, not with them on the GPU
       const probe = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", checkpoints: "host" });
       const host = probe.memoryPlan();
       probe.dispose();
@@ -215,8 +227,8 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
       const onGpu = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", gpuMemoryBytes, checkpoints: "gpu" });
       try {
         expect(auto.memoryPlan().hostCheckpoints).toBe(host.hostCheckpoints);
-        expect(auto.memoryPlan().keptLayers).toBe(4);
-        expect(onGpu.memoryPlan().keptLayers).toBeLessThan(4);
+        expect(auto.memoryPlan().keptWholeLayers).toBe(4);
+        expect(onGpu.memoryPlan().keptWholeLayers).toBeLessThan(4);
       } finally {
         auto.dispose();
         onGpu.dispose();

@@ -61,6 +61,7 @@ describe("bench results", () => {
       training(65536, 2_500, 0, { peftTokensPerSecond: null, measuredPeakGiB: 23.1, keptLayers: 0, hostGiB: 12.25, copyWaitShare: 0.0412, mfu: 0.18 }),
       training(4096, 12_000, 8_000),
       training(16384, 7_000, 7_400, { hostGiB: 0, copyWaitShare: 0 }),
+      training(16384, 7_100, 7_400, { keptLayers: 27, keptWholeLayers: 3, hostGiB: 6.1, copyWaitShare: 0.001 }),
     ]);
     expect(markdown).toContain("| kept | host GiB | copy wait | PEFT peak GiB | MFU |");
     expect(markdown).toContain("| 23.10 | 24 | 0 | 12.25 | 4.1% | – | 18.0% |");
@@ -68,7 +69,9 @@ describe("bench results", () => {
     // a record from before the fields shows dashes; neither it nor one with the checkpoints on the GPU speaks of host memory
     expect(markdown).toContain("| 21.50 | 24 | 12 | – | – | – | – |");
     expect(markdown).toContain("| 21.50 | 24 | 12 | 0.00 | 0.0% | – | – |");
-    expect(markdown.match(/in host memory/g)?.length).toBe(1);
+    // kept layers with how many of them kept their feed-forward products too
+    expect(markdown).toContain("| 21.50 | 24 | 27 (3) | 6.10 | 0.1% | – | – |");
+    expect(markdown.match(/in host memory/g)?.length).toBe(2);
   });
 
   it("renders the attention table and its goal against SDPA flash, aiming at cuDNN", () => {
