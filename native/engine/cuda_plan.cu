@@ -33,7 +33,7 @@ std::string gibibytes(double bytes) {
   return text;
 }
 
-// One layer's set; gate and up of TF rows (the shared set's chunk; T: a kept layer's own), or none
+// One layer's set; gate and up of TF rows (the shared set's chunk, or a whole kept layer's T), or none
 // (TF = 0: a layer kept without its feed-forward products, pointed at the shared set's once assigned)
 void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelConfig& c, int64_t T, int64_t TF,
                          int64_t R) {
@@ -47,7 +47,6 @@ void addLayerActivations(BufferLayout& layout, LayerActivations& a, const ModelC
   if (TF > 0) layout.add(a.gate, TF * c.nFf);
   if (TF > 0) layout.add(a.up, TF * c.nFf);
   layout.add(a.loraHidden, kProjectionCount * T * R);
-  a.ownFeedForward = TF == T;
 }
 
 // Positions per feed-forward chunk: the whole row while its (T, F) fp32 buffers stay within
@@ -171,7 +170,12 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   const auto [keep, keepWhole] = layersKept(onHost ? hostSlots : gpuCheckpoints);
   kept_.assign(static_cast<size_t>(keep), LayerActivations{});
   // the last keepWhole layers whole, the ones before them without the feed-forward products
-  for (int64_t i = 0; i < keep; ++i) addLayerActivations(act, kept_[static_cast<size_t>(i)], c, T, i >= keep - keepWhole ? T : 0, R);
+  for (int64_t i = 0; i < keep; ++i) {
+    LayerActivations& layer = kept_[static_cast<size_t>(i)];
+    // the shared set's gate and up may hold a whole row too (TF = T): ownership is the plan's to say
+    layer.ownFeedForward = i >= keep - keepWhole;
+    addLayerActivations(act, layer, c, T, layer.ownFeedForward ? T : 0, R);
+  }
   firstKeptLayer_ = L - keep;
   keptWholeLayers_ = keepWhole;
   activationBytes_ = act.bytes();
