@@ -158,18 +158,22 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     const options = { maxTokens: 192, lora: { rank: 8, alpha: 16, dropout: 0.1 }, optimizer: { eps: 1, weightDecay: 0, clipNorm: 0 } };
     const rows = [packedRow([randomTokens(110, model.nVocab, 51), randomTokens(75, model.nVocab, 52)], 6)];
 
-    /** Three training steps (dropout on) and then the gradients of `a` and `b`: losses within 1e-5, gradients within `gradientTolerance`. */
-    async function expectSameTraining(a: Engine, b: Engine, gradientTolerance: number): Promise<void> {
+    /**
+     * Three training steps (dropout on) and then the gradients of `a` and `b`. The first step's loss (the
+     * forward, dropout masks included) within 1e-5; the later ones, which follow updates from the
+     * backward's gradients, and the final gradients within `tolerance`.
+     */
+    async function expectSameTraining(a: Engine, b: Engine, tolerance: number): Promise<void> {
       const lora = await randomizeLora(a, 13, 0.05);
       await a.setLora(lora);
       await b.setLora(lora);
       for (let step = 0; step < 3; step++) {
         const [x, y] = await Promise.all([a.step(rows, 1e-2), b.step(rows, 1e-2)]);
-        expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(1e-5);
+        expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(step === 0 ? 1e-5 : tolerance);
       }
       const [x, y] = await Promise.all([a.gradients(rows), b.gradients(rows)]);
       for (let i = 0; i < y.tensors.length; i++) {
-        expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), y.tensors[i]!.name).toBeLessThanOrEqual(gradientTolerance);
+        expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), y.tensors[i]!.name).toBeLessThanOrEqual(tolerance);
       }
     }
 
@@ -207,7 +211,9 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         expect(chunked.memoryPlan().feedForwardTokens).toBe(48);
         expect(whole.memoryPlan().feedForwardTokens).toBe(192);
         expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
-        // cuBLAS sums products of other shapes in another order: a few bf16 roundings of gate and up differ
+        // cuBLAS sums products of other shapes in another order, so a few bf16 roundings of gate and up
+        // differ (measured: 1.1e-4 of the loss after the first update; recomputed layers reading another
+        // layer's gate and up moved it 9e-3)
         await expectSameTraining(chunked, whole, 1e-3);
       } finally {
         chunked.dispose();
