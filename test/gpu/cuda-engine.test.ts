@@ -159,22 +159,26 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     const rows = [packedRow([randomTokens(110, model.nVocab, 51), randomTokens(75, model.nVocab, 52)], 6)];
 
     /**
-     * Three training steps (dropout on) and then the gradients of `a` and `b`. The first step's loss (the
-     * forward, dropout masks included) within 1e-5; the later ones, which follow updates from the
-     * backward's gradients, and the final gradients within `tolerance`.
+     * The gradients at the first LoRA within 1e-4; then three training steps (dropout on): the first
+     * step's loss (the forward, dropout masks included) within 1e-5, the later ones, which follow updates
+     * from the backward's gradients, and the gradients after them within `tolerance`.
      */
     async function expectSameTraining(a: Engine, b: Engine, tolerance: number): Promise<void> {
       const lora = await randomizeLora(a, 13, 0.05);
       await a.setLora(lora);
       await b.setLora(lora);
+      const expectSameGradients = async (bound: number, when: string): Promise<void> => {
+        const [x, y] = await Promise.all([a.gradients(rows), b.gradients(rows)]);
+        for (let i = 0; i < y.tensors.length; i++) {
+          expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), `${y.tensors[i]!.name} ${when}`).toBeLessThanOrEqual(bound);
+        }
+      };
+      await expectSameGradients(1e-4, "before training");
       for (let step = 0; step < 3; step++) {
         const [x, y] = await Promise.all([a.step(rows, 1e-2), b.step(rows, 1e-2)]);
         expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(step === 0 ? 1e-5 : tolerance);
       }
-      const [x, y] = await Promise.all([a.gradients(rows), b.gradients(rows)]);
-      for (let i = 0; i < y.tensors.length; i++) {
-        expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), y.tensors[i]!.name).toBeLessThanOrEqual(tolerance);
-      }
+      await expectSameGradients(tolerance, "after three steps");
     }
 
     it("residual checkpoints in pinned host memory (copied on a second stream) give the losses and gradients of checkpoints on the GPU", async () => {
@@ -204,17 +208,16 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
 
     it("the feed-forward block over chunks of positions gives the losses and gradients of the whole block", async () => {
       const file = await synthModel({ ...model, nLayer: 3, contextLength: 256, arch: "llama", type: "Q8_0", seed: 410 });
-      // chunks of 48 positions: the dropout masks and LoRA rows must follow each chunk's offset
-      const chunked = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1, feedForwardTokens: 48 });
+      // two chunks, 96 and 89 positions: the second one's rows and dropout masks start past 0. cuBLAS runs
+      // these shapes with the whole block's kernels (measured: gradients within 3e-7); chunks of 48 take
+      // other kernels and differ by bf16 roundings (5e-3, against 2e-2 between either and the CPU engine)
+      const chunked = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1, feedForwardTokens: 96 });
       const whole = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 1 });
       try {
-        expect(chunked.memoryPlan().feedForwardTokens).toBe(48);
+        expect(chunked.memoryPlan().feedForwardTokens).toBe(96);
         expect(whole.memoryPlan().feedForwardTokens).toBe(192);
         expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
-        // cuBLAS sums products of other shapes in another order, so a few bf16 roundings of gate and up
-        // differ (measured: 1.1e-4 of the loss after the first update; recomputed layers reading another
-        // layer's gate and up moved it 9e-3)
-        await expectSameTraining(chunked, whole, 1e-3);
+        await expectSameTraining(chunked, whole, 1e-4);
       } finally {
         chunked.dispose();
         whole.dispose();
