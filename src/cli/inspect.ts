@@ -5,12 +5,7 @@ import { inspectGguf, type GgufInspection } from "../gguf/inspect.js";
 import { readGgufModel } from "../gguf/read.js";
 import { resolveModelSource } from "./model-source.js";
 import { userCommand } from "./user-command.js";
-
-function formatBytes(bytes: number): string {
-  if (bytes >= 1 << 30) return `${(bytes / (1 << 30)).toFixed(2)} GiB`;
-  if (bytes >= 1 << 20) return `${(bytes / (1 << 20)).toFixed(2)} MiB`;
-  return `${(bytes / 1024).toFixed(1)} KiB`;
-}
+import { formatBytes } from "./bytes.js";
 
 function formatCount(count: number): string {
   return count >= 1e9 ? `${(count / 1e9).toFixed(2)}B` : count >= 1e6 ? `${(count / 1e6).toFixed(2)}M` : `${count}`;

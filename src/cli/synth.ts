@@ -3,6 +3,7 @@ import path from "node:path";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { resolveSynthOptions, synthParameterCount, synthPresetNames, synthTypeNames, writeSynthModel, type SynthInput, type SynthOptionLabels, type SynthPresetName } from "../gguf/synth.js";
 import { nameArgument } from "./names.js";
+import { formatBytes } from "./bytes.js";
 
 function integerArgument(value: string): number {
   if (!/^\d+$/.test(value.trim())) throw new InvalidArgumentError(`expected a whole number, got "${value}"`);
@@ -56,10 +57,6 @@ const flagNames: SynthOptionLabels = {
 function displayPath(file: string): string {
   const relative = path.relative(process.cwd(), file);
   return relative === "" || relative.startsWith("..") ? path.resolve(file) : relative;
-}
-
-function formatBytes(bytes: number): string {
-  return bytes >= 1 << 30 ? `${(bytes / (1 << 30)).toFixed(2)} GiB` : `${(bytes / (1 << 20)).toFixed(2)} MiB`;
 }
 
 export function registerSynthCommand(program: Command): void {

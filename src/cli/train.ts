@@ -19,6 +19,7 @@ import type { DataReport } from "../data/index.js";
 import { resolveModelSource } from "./model-source.js";
 import { printableText } from "./printable.js";
 import { userCommand } from "./user-command.js";
+import { formatBytes } from "./bytes.js";
 
 type FlagKind = "string" | "number" | "list" | "boolean";
 interface FlagSpec {
@@ -106,11 +107,6 @@ function flagsLayer(options: Record<string, unknown>): { layer: Record<string, u
 
 function flagFor(key: string): string | undefined {
   return flagSpecs.find((spec) => spec.key === key)?.flag.split(" ")[0];
-}
-
-function formatBytes(bytes: number): string {
-  if (bytes >= 1024 ** 3) return `${(bytes / 1024 ** 3).toFixed(1)} GB`;
-  return `${Math.round(bytes / 1024 ** 2)} MB`;
 }
 
 function formatDuration(ms: number): string {
