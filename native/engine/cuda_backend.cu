@@ -1,12 +1,13 @@
 // The CUDA backend (backend.h): the CPU backend's passes (cpu_backend.cpp) step for step on one GPU.
 // Per layer: RMSNorm → Q/K/V (+bias, +LoRA) → RoPE → causal GQA attention → O (+LoRA) → residual →
-// RMSNorm → SwiGLU FFN (+LoRA) → residual; backward recomputes each layer from its saved input and
-// produces gradients for LoRA A and B only (or reuses the activations the plan keeps for the last
-// layers). Frozen base weights stay in their GGUF type in GPU memory and each layer's matrices are
-// dequantized to bf16 once a pass (cuBLAS, fp32 accumulation); attention is the fused kernel of
-// flash_attention.cu where it handles the head shape; LoRA A/B and AdamW state are fp32. The memory plan is cuda_plan.cu, the weights
-// cuda_model.cu. Host code here enqueues on one stream and synchronizes where a number or a host
-// copy must come back (the loss, a sum of squares, logits, LoRA blocks).
+// RMSNorm → SwiGLU FFN (+LoRA, over chunks of positions) → residual; backward recomputes each layer from
+// its saved input and produces gradients for LoRA A and B only (or reuses the activations the plan keeps
+// for the last layers). Frozen base weights stay in their GGUF type in GPU memory and each layer's
+// matrices are dequantized to bf16 once a pass (cuBLAS, fp32 accumulation); attention is the fused
+// kernel of flash_attention.cu where it handles the head shape; LoRA A/B and AdamW state are fp32. The
+// memory plan is cuda_plan.cu, the weights cuda_model.cu. Host code here enqueues on one compute stream
+// and synchronizes where a number or a host copy must come back (the loss, a sum of squares, logits,
+// LoRA blocks); residual checkpoints in host memory go out and back on a second stream, ordered by events.
 #include <cuda_runtime.h>
 
 #include <algorithm>
