@@ -78,6 +78,7 @@ describe("bad input", () => {
     const file = await synthModel({ ...smallModel, arch: "qwen2", type: "F32", seed: 71 });
     await expect(Engine.load(file, { lora: { rank: 0 } })).rejects.toThrow("Invalid engine options: lora.rank");
     await expect(Engine.load(file, { lora: { targets: ["q", "x" as "q"] } })).rejects.toThrow("lora.targets.1");
+    await expect(Engine.load(file, { checkpoints: "disk" as "host" })).rejects.toThrow("Invalid engine options: checkpoints");
     await expect(Engine.load(file, { device: "cuda" })).rejects.toThrow('options.device "cuda" is not available in the CPU engine');
   });
 
