@@ -26,6 +26,8 @@ for stage in "$@"; do
       npx vitest run test/gpu 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "✓|✗|×|FAIL|Tests|passed|failed" | tail -60 ;;
     profile)
       node dist/cli/main.js synth --preset r1-distill-qwen-7b --layers 4 --type Q4_K --seed 0 --out /tmp/cut.gguf > "$OUT/profile.log" 2>&1
+      # the steps' wall time without the profiler, beside the kernels' sum below
+      node bench/kernels/profile_step.mjs /tmp/cut.gguf 4096 2>&1 | grep "ms wall" | tee -a "$OUT/profile.log"
       # the raw CSV stays on the machine: at most 8 files come back from $OUT
       ncu --clock-control none --metrics gpu__time_duration.sum --csv node bench/kernels/profile_step.mjs /tmp/cut.gguf 4096 \
         > /tmp/ncu.csv 2>> "$OUT/profile.log"
