@@ -189,7 +189,10 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
                     gibibytes(static_cast<double>(available)) + " are " + against +
                     (onHost ? "; the residual checkpoints (" + gibibytes(static_cast<double>(hostBytes)) +
                                   ") are in host memory already"
-                            : "") +
+                     : options.checkpoints == "auto"
+                         ? "; the residual checkpoints (" + gibibytes(static_cast<double>(hostBytes)) +
+                               ") would take more than half of the host's memory, so they stay on the GPU"
+                         : "") +
                     "; lower maxTokens (now " + std::to_string(T) + ") or the LoRA rank (now " + std::to_string(R) +
                     "), or use a smaller quantization of the model",
                 ErrorKind::OutOfMemory);
