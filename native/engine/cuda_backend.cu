@@ -110,8 +110,10 @@ class CudaBackend final : public Backend {
   DropoutMask dropoutMask(const LoraAdapter& adapter, TokenRange span, const Pass& pass) const;
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
   const float* loraInput(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass);
-  // span's rows of the adapter's x·Aᵀ in the layer's loraHidden (7, T, R)
-  float* loraHiddenRows(const LoraAdapter& adapter, const float* loraHidden, TokenRange span) const;
+  // where span's rows of the adapter's x·Aᵀ start in the layer's loraHidden (7, T, R)
+  int64_t loraHiddenOffset(const LoraAdapter& adapter, TokenRange span) const {
+    return (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * lora_.options().rank;
+  }
   // loraHidden rows = dropout(inp)·Aᵀ
   void loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
                          const Pass& pass);
@@ -384,17 +386,12 @@ const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp
   return s.droppedInput;
 }
 
-float* CudaBackend::loraHiddenRows(const LoraAdapter& adapter, const float* loraHidden, TokenRange span) const {
-  const int64_t R = lora_.options().rank;
-  return const_cast<float*>(loraHidden) + (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * R;
-}
-
 void CudaBackend::loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
                                     const Pass& pass) {
   const int64_t R = lora_.options().rank, K = adapter.in;
   const float* x = loraInput(adapter, inp, span, pass);  // (count, K)
   gemm_f32(cublas_, false, true, span.count, R, K, 1.0f, x, K, plan_->lora().params + adapter.offsetA, K, 0.0f,
-           loraHiddenRows(adapter, loraHidden, span), R);
+           loraHidden + loraHiddenOffset(adapter, span), R);
 }
 
 void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
@@ -402,7 +399,7 @@ void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, floa
   const int64_t R = lora_.options().rank, N = adapter.out;
   loraHiddenForward(adapter, inp, loraHidden, span, pass);
   // out (count, N) = scale · h (count, R) · B (N, R)ᵀ + beta · out
-  gemm_f32(cublas_, false, true, span.count, N, R, lora_.scale(), loraHiddenRows(adapter, loraHidden, span), R,
+  gemm_f32(cublas_, false, true, span.count, N, R, lora_.scale(), loraHidden + loraHiddenOffset(adapter, span), R,
            plan_->lora().params + adapter.offsetB, R, beta, out, N);
 }
 
@@ -414,7 +411,7 @@ void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, con
   float* grads = plan_->lora().grads;
   const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out, T = span.count;
   const float scale = lora_.scale();
-  const float* h = loraHiddenRows(adapter, loraHidden, span);  // (T, R)
+  const float* h = loraHidden + loraHiddenOffset(adapter, span);  // (T, R)
   const float* x = loraInput(adapter, inp, span, pass);        // (T, K)
   // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
   gemm_f32(cublas_, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
