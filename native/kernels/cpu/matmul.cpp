@@ -146,12 +146,7 @@ size_t gemmWorkspaceFloats(int64_t maxThreads) {
 void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* a, ptrdiff_t rowStrideA,
           ptrdiff_t colStrideA, const float* b, ptrdiff_t rowStrideB, ptrdiff_t colStrideB, float* c,
           ptrdiff_t ldc, bool accumulate, float* workspace) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, 0.0f);
-    return;
-  }
+  if (gemmHasNoProduct(M, N, K, c, ldc, accumulate)) return;
   const int64_t panelsN = roundUp(N, NR) / NR;
   const int64_t panelsM = roundUp(M, MR) / MR;
   // Called from inside a parallel region (attention's blocks) it runs on the calling thread, whatever

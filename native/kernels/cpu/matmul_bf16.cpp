@@ -121,12 +121,7 @@ bool bf16MatmulAvailable() { return true; }
 void gemm_bf16(int64_t M, int64_t N, int64_t K, float alpha, const float* a, ptrdiff_t rowStrideA,
                ptrdiff_t colStrideA, const float* b, ptrdiff_t rowStrideB, ptrdiff_t colStrideB, float* c,
                ptrdiff_t ldc, bool accumulate, float* workspace) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
-    if (!accumulate)
-      for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, 0.0f);
-    return;
-  }
+  if (gemmHasNoProduct(M, N, K, c, ldc, accumulate)) return;
   const int64_t panelsN = roundUp(N, NR) / NR;
   const int64_t panelsM = roundUp(M, MR) / MR;
   // the fp32 gemm's per-thread workspace (MC·KC + KC·NR floats) holds these halved-size packs
