@@ -9,7 +9,7 @@ import { loadNativeAddon, type NativeEngineOptions } from "../../src/native/addo
 import { Engine } from "../../src/train/engine.js";
 import { synthModel } from "../helpers/models.js";
 import { packedRow, randomTokens, randomizeLora } from "../native/engine-fixtures.js";
-import { cudaSkipReason, enginePair, relativeError } from "./cuda-support.js";
+import { cudaSkipReason, enginePair, planReserveBytes, relativeError } from "./cuda-support.js";
 
 // K-quants need rows that are multiples of 256
 const model = { nLayer: 2, nEmbd: 256, nHead: 4, nHeadKv: 2, nFf: 512, nVocab: 512, contextLength: 256 } as const;
@@ -98,9 +98,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     const recomputed = await Engine.load(file, { ...options, device: "cuda", maxKeptLayers: 0 });
     // a budget with room for three layers without their gate and up products, not for one whole layer more
     const lean = recomputed.memoryPlan();
-    const contextReserve = 768 * 2 ** 20;
-    const keptHeadroom = 256 * 2 ** 20;
-    const gpuMemoryBytes = lean.total! + contextReserve + keptHeadroom + 3 * lean.keptAttentionBytes!;
+    const gpuMemoryBytes = lean.total! + planReserveBytes + 3 * lean.keptAttentionBytes!;
     const attentionKept = await Engine.load(file, { ...options, device: "cuda", gpuMemoryBytes });
     try {
       expect(kept.memoryPlan().keptLayers).toBe(3);
@@ -230,8 +228,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
       const probe = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", checkpoints: "host" });
       const host = probe.memoryPlan();
       probe.dispose();
-      const contextReserve = 768 * 2 ** 20;
-      const gpuMemoryBytes = host.total! + contextReserve + 256 * 2 ** 20 + 2 * 2 ** 20;
+      const gpuMemoryBytes = host.total! + planReserveBytes + 2 * 2 ** 20;
       const auto = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", gpuMemoryBytes });
       const onGpu = await Engine.load(file, { maxTokens: 4096, lora: { rank: 4, alpha: 8 }, device: "cuda", gpuMemoryBytes, checkpoints: "gpu" });
       try {

@@ -19,6 +19,12 @@ export async function enginePair(path: string, options: EngineOptions): Promise<
   return { cpu, gpu };
 }
 
+/**
+ * What the CUDA plan (native/engine/cuda_plan.cu) sets aside of gpuMemoryBytes before it keeps layers:
+ * 768 MiB for the CUDA context (kContextReserveBytes) and 256 MiB of headroom (kKeptHeadroomBytes).
+ */
+export const planReserveBytes = (768 + 256) * 2 ** 20;
+
 /** ‖a − b‖ / ‖b‖ */
 export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let difference = 0;
