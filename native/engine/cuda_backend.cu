@@ -199,6 +199,13 @@ CudaBackend::CudaBackend(const EngineOptions& options, const Model& model, const
     loadPending_.assign(L, false);
   }
   plan_->weights().upload(plan_->rowBuffers().badRow, stream_);
+  // the rotary table of every position a row can hold (ropeCache (T, headDim)), the CPU's own angles
+  const ModelConfig& c = model.config();
+  std::vector<int32_t> positions(static_cast<size_t>(options.maxTokens));
+  for (size_t t = 0; t < positions.size(); ++t) positions[t] = static_cast<int32_t>(t);
+  std::vector<float> table(positions.size() * static_cast<size_t>(c.headDim));
+  kernels::rope_cache(table.data(), positions.data(), options.maxTokens, c.headDim, c.ropeBase, model.ropeFreqs());
+  upload(plan_->activations().ropeCache, table.data(), sizeof(float) * table.size());
   zero(plan_->lora().params, plan_->loraBytes());
   synchronize();
   plan_->recordDeviceUse();
@@ -282,10 +289,7 @@ void CudaBackend::beginRow(const Row& row) {
       starts[static_cast<size_t>(t)] = start;
     }
   }
-  // the CPU's own cache: identical angles, llama3 frequency factors included
-  std::vector<float> cache(static_cast<size_t>(T * c.headDim));
-  kernels::rope_cache(cache.data(), positions.data(), T, c.headDim, c.ropeBase, model_.ropeFreqs());
-  upload(a.ropeCache, cache.data(), sizeof(float) * cache.size());
+  upload(b.positions, positions.data(), sizeof(int32_t) * positions.size());
   upload(a.seqStart, starts.data(), sizeof(int32_t) * starts.size());
   hostSeqStart_ = std::move(starts);
   upload(b.tokens, row.tokens.data(), sizeof(int32_t) * row.tokens.size());
@@ -435,6 +439,7 @@ void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
   const ModelConfig& c = model_.config();
+  const CudaRowBuffers& b = plan_->rowBuffers();
   const DeviceLayer& w = plan_->weights().layer(l);
   const int64_t C = c.nEmbd, QD = c.qDim(), KD = c.kvDim();
   const float* x = plan_->layerInput(l, T);  // (T, C) layer input
@@ -444,8 +449,8 @@ void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
   rmsnorm_forward(a.normed1, s.inputBf16, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);  // bf16: the three products' input
   float* qkv[3] = {a.q, a.k, a.v};
   for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, a.normed1, qkv[p], saved.loraHidden, row, pass);
-  rope_forward(a.q, saved.q, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
-  rope_forward(a.k, saved.k, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
+  rope_forward(a.q, saved.q, a.ropeCache, b.positions, T, c.nHead, c.headDim, c.neoxRope(), stream_);
+  rope_forward(a.k, saved.k, a.ropeCache, b.positions, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   to_bf16(saved.v, a.v, T * KD, stream_);
   if (plan_->flash()) {
     flash_attention_forward(flashArgs(saved, T), stream_);
@@ -573,8 +578,8 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
     attention_backward(a.dq, a.dk, a.dv, b.rowDots, a.dAttn, a.q, a.k, a.v, a.attn, saved.lse, a.seqStart, hostSeqStart_.data(),
                        attentionShape(T), s.attention, cublas_, stream_);
   }
-  rope_backward(a.dq, s.inputBf16, a.ropeCache, T, c.nHead, c.headDim, c.neoxRope(), stream_);
-  rope_backward(a.dk, s.gradientBf16, a.ropeCache, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
+  rope_backward(a.dq, s.inputBf16, a.ropeCache, b.positions, T, c.nHead, c.headDim, c.neoxRope(), stream_);
+  rope_backward(a.dk, s.gradientBf16, a.ropeCache, b.positions, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   float* dqkv[3] = {a.dq, a.dk, a.dv};
   const __nv_bfloat16* dqkvBf16[3] = {s.inputBf16, s.gradientBf16, nullptr};  // dv: converted where it is used
   for (int p = 0; p < 3; ++p) {
@@ -666,29 +671,31 @@ int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
   gather_rows(a.lossInput, a.normedFinal, a.lossPositions, N, C, stream_);
   to_bf16(s.inputBf16, a.lossInput, N * C, stream_);  // (N, C), read by every chunk below
 
-  const int passes = withGradient ? 2 : 1;
+  // one pass over the vocabulary; with the gradient, dLossInput (N, C) gathers Σ exp(z − m)·W chunk by
+  // chunk (cross_entropy.cu), its rows rescaled by lossLse's exp(m_old − m_new) when their max moves
+  float* rescale = withGradient ? a.lossLse : nullptr;
+  __nv_bfloat16* dlogits = withGradient ? s.dlogits : nullptr;
   cross_entropy_begin(a.runMax, a.runSum, a.targetLogit, N, stream_);
-  for (int pass = 0; pass < passes; ++pass) {
-    // the second pass recomputes each chunk's logits for their gradient and its product with the weights
-    for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
-      const int64_t chunk = std::min(vocabChunk, V - v0);
-      dequantize_rows_bf16(s.weightBf16, weights.output().data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes),
-                           C, v0, chunk, stream_);  // (chunk, C)
-      gemm_bf16(cublas_, false, true, N, chunk, C, 1.0f, s.inputBf16, C, s.weightBf16, C, 0.0f, s.logitsChunk, chunk);
-      if (pass == 0) {
-        cross_entropy_accumulate(a.runMax, a.runSum, a.targetLogit, s.logitsChunk, a.lossTargets, N, chunk, v0, stream_);
-      } else {
-        cross_entropy_backward(s.dlogits, s.logitsChunk, a.lossLse, a.lossTargets, N, chunk, v0, 1.0f, stream_);
-        // dLossInput (N, C) (+)= dlogits (N, chunk) · W (chunk, C)
-        gemm_bf16(cublas_, false, false, N, C, chunk, 1.0f, s.dlogits, chunk, s.weightBf16, C, v0 > 0 ? 1.0f : 0.0f,
-                  a.dLossInput, C);
-      }
-    }
-    if (pass == 0) cross_entropy_finish(a.lossLse, b.lossSum, a.runMax, a.runSum, a.targetLogit, N, stream_);
+  for (int64_t v0 = 0; v0 < V; v0 += vocabChunk) {
+    const int64_t chunk = std::min(vocabChunk, V - v0);
+    dequantize_rows_bf16(s.weightBf16, weights.output().data, static_cast<uint32_t>(w.type), static_cast<int64_t>(w.rowBytes),
+                         C, v0, chunk, stream_);  // (chunk, C)
+    gemm_bf16(cublas_, false, true, N, chunk, C, 1.0f, s.inputBf16, C, s.weightBf16, C, 0.0f, s.logitsChunk, chunk);
+    cross_entropy_accumulate(a.runMax, a.runSum, a.targetLogit, s.logitsChunk, a.lossTargets, N, chunk, v0, rescale,
+                             dlogits, stream_);
+    if (!withGradient) continue;
+    if (v0 > 0) cross_entropy_rescale_rows(a.dLossInput, rescale, N, C, stream_);
+    // dLossInput (N, C) (+)= exp(z − m) (N, chunk) · W (chunk, C)
+    gemm_bf16(cublas_, false, false, N, C, chunk, 1.0f, dlogits, chunk, s.weightBf16, C, v0 > 0 ? 1.0f : 0.0f,
+              a.dLossInput, C);
   }
+  cross_entropy_finish(a.lossLse, b.lossSum, a.runMax, a.runSum, a.targetLogit, N, stream_);
   if (!withGradient) return N;
+  // the targets' rows of the output matrix (fp32) into lossInput, free since its bf16 copy was made
+  dequantize_gather_f32(a.lossInput, weights.output().data, static_cast<uint32_t>(w.type),
+                        static_cast<int64_t>(w.rowBytes), C, a.lossTargets, N, stream_);
   zero(a.dNormed, sizeof(float) * T * C);
-  scatter_rows(a.dNormed, a.dLossInput, a.lossPositions, N, C, stream_);
+  cross_entropy_input_gradient(a.dNormed, a.dLossInput, a.runSum, a.lossInput, a.lossPositions, N, C, 1.0f, stream_);
   rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, x, weights.outputNorm(), a.rstdFinal, T, C, stream_);
   return N;
 }

@@ -84,6 +84,7 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   addLayerActivations(act, shared_, c, T, TF, R);
   CudaRowBuffers& b = rowBuffers_;
   act.add(b.tokens, T);
+  act.add(b.positions, T);
   act.add(b.rowDots, c.nHead * T);
   act.add(b.lossSum, 1);
   act.add(b.sumSquares, 1);

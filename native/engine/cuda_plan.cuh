@@ -47,6 +47,7 @@ struct LayerActivations {
 // attn, gate and up hold the fp32 products before their bf16 copies in LayerActivations).
 struct CudaRowBuffers {
   int32_t* tokens = nullptr;             // (T) the row's token ids
+  int32_t* positions = nullptr;          // (T) each token's position in its sequence (rows of ropeCache)
   float* rowDots = nullptr;              // (nHead, T) attention backward workspace
   double* lossSum = nullptr;             // (1) the running loss sum
   double* sumSquares = nullptr;          // (1)

@@ -77,12 +77,13 @@ void rmsnorm_backward(float* dinp, __nv_bfloat16* dinpBf16, const float* dout, c
 
 // ---- rope.cu ----
 
-// x (T, nHeads, D) rotated in place by cache (T, D) = (cos, sin) pairs (kernels::rope_cache), and
-// written in bf16 as xBf16 unless it is null; neox: pairs (i, i + D/2) as qwen2, else adjacent pairs as llama
-void rope_forward(float* x, __nv_bfloat16* xBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
-                  cudaStream_t stream);
-void rope_backward(float* dx, __nv_bfloat16* dxBf16, const float* cache, int64_t T, int64_t nHeads, int64_t D, bool neox,
-                   cudaStream_t stream);
+// x (T, nHeads, D) rotated in place, position t by row positions[t] of table (·, D) = (cos, sin) pairs
+// (kernels::rope_cache of positions 0, 1, …), and written in bf16 as xBf16 unless it is null; neox: pairs
+// (i, i + D/2) as qwen2, else adjacent pairs as llama
+void rope_forward(float* x, __nv_bfloat16* xBf16, const float* table, const int32_t* positions, int64_t T,
+                  int64_t nHeads, int64_t D, bool neox, cudaStream_t stream);
+void rope_backward(float* dx, __nv_bfloat16* dxBf16, const float* table, const int32_t* positions, int64_t T,
+                   int64_t nHeads, int64_t D, bool neox, cudaStream_t stream);
 
 // ---- swiglu.cu ----
 
@@ -133,15 +134,20 @@ void attention_backward(float* dq, float* dk, float* dv, float* rowDots, const f
 // ---- cross_entropy.cu: lm_head logits a vocabulary chunk at a time (online log-sum-exp) ----
 
 void cross_entropy_begin(float* runMax, float* runSum, float* targetLogit, int64_t N, cudaStream_t stream);
-// logits (N, chunk) for ids [vocab0, vocab0 + chunk)
+// logits (N, chunk) for ids [vocab0, vocab0 + chunk); with rescale (N) and dlogits (N, chunk), also
+// rescale = exp(m_old − m_new) and dlogits = exp(logits − m_new) as bf16 (both null: the loss alone)
 void cross_entropy_accumulate(float* runMax, float* runSum, float* targetLogit, const float* logits,
-                              const int32_t* targets, int64_t N, int64_t chunk, int64_t vocab0, cudaStream_t stream);
+                              const int32_t* targets, int64_t N, int64_t chunk, int64_t vocab0, float* rescale,
+                              __nv_bfloat16* dlogits, cudaStream_t stream);
+// weighted (N, C) rows *= rescale before the next chunk's dlogits·W is added
+void cross_entropy_rescale_rows(float* weighted, const float* rescale, int64_t N, int64_t C, cudaStream_t stream);
 // lse (N) = runMax + log(runSum); *lossSum += Σ (lse − targetLogit)
 void cross_entropy_finish(float* lse, double* lossSum, const float* runMax, const float* runSum,
                           const float* targetLogit, int64_t N, cudaStream_t stream);
-// dlogits (N, chunk) = scale·(softmax − onehot(target)) as bf16, ready for the product with the weights
-void cross_entropy_backward(__nv_bfloat16* dlogits, const float* logits, const float* lse, const int32_t* targets,
-                            int64_t N, int64_t chunk, int64_t vocab0, float scale, cudaStream_t stream);
+// dInput row positions[n] (of (T, C)) = scale·(weighted[n] / runSum[n] − targetRows[n]), targetRows (N, C)
+// the output matrix's rows of the targets: the loss's gradient with respect to the lm_head's input
+void cross_entropy_input_gradient(float* dInput, const float* weighted, const float* runSum, const float* targetRows,
+                                  const int32_t* positions, int64_t N, int64_t C, float scale, cudaStream_t stream);
 
 // ---- adamw.cu ----
 
