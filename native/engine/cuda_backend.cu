@@ -98,31 +98,56 @@ class CudaBackend final : public Backend {
   // out (count, N) (+)= inp (count, K)·Wᵀ with the layer's dequantized matrix of projection p
   void baseForward(int64_t layer, Projection p, const __nv_bfloat16* inp, float* out, int64_t count, bool accumulate);
   // out (count, N) = x·Wᵀ + bias + the adapter's product over the positions of span; x in bf16 (the base
-  // product) and fp32 (LoRA); loraHidden: the layer's (7, T, R) x·Aᵀ of the whole row
-  void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
-                      float* loraHidden, TokenRange span, const Pass& pass);
+  // product); loraHidden: the layer's (7, T, R) x·Aᵀ of the whole row, span's rows already computed
+  // (loraGroupHiddenForward)
+  void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, float* out, const float* loraHidden,
+                      TokenRange span, const Pass& pass);
   // the adapter's gradients; dinp (count, K) (+)= the input gradient unless dinp is null
   void projectBackward(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, const float* x,
                        float* dinp, const float* loraHidden, TokenRange span, bool accumulate, const Pass& pass);
+  // projectBackward for each projection of the group that starts at `first` (douts[i]: member i's output
+  // gradient): the adapters first (loraGroupBackward), then the base products' input gradients
+  void projectGroupBackward(int64_t layer, Projection first, const float* const* douts,
+                            const __nv_bfloat16* const* doutsBf16, const float* x, float* dinp, const float* loraHidden,
+                            TokenRange span, bool accumulate, const Pass& pass);
   // dinp (count, K) (+)= dout (count, N)·W
   void baseBackwardInput(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, float* dinp,
                          int64_t count, bool accumulate);
   DropoutMask dropoutMask(const LoraAdapter& adapter, TokenRange span, const Pass& pass) const;
   // input of the LoRA path: inp itself, or dropout(inp) in scratch.droppedInput
   const float* loraInput(const LoraAdapter& adapter, const float* inp, TokenRange span, const Pass& pass);
-  // where span's rows of the adapter's x·Aᵀ start in the layer's loraHidden (7, T, R)
-  int64_t loraHiddenOffset(const LoraAdapter& adapter, TokenRange span) const {
-    return (static_cast<int>(adapter.projection) * span.rowLength + span.begin) * lora_.options().rank;
-  }
+  // Projections that read one input: q, k and v; gate and up (o and down alone). When each member has an
+  // adapter and no dropout mask sets their inputs apart, the group's x·Aᵀ is one product with the A
+  // matrices stacked, and so are its dA and input gradient: the (T, K) fp32 input is read once, not once
+  // an adapter.
+  struct LoraGroup {
+    int first = 0, size = 1;  // projections first .. first + size − 1
+  };
+  static LoraGroup loraGroup(Projection p);
+  bool fusedGroup(int64_t layer, LoraGroup group, const Pass& pass) const;
+  // where span's rows of the adapter's x·Aᵀ start in the layer's loraHidden (7, T, R) and their stride: a
+  // fused group's members share its blocks as (T, size·R) rows, member i in columns i·R ..
+  struct HiddenRows {
+    int64_t offset = 0, stride = 0;
+  };
+  HiddenRows loraHiddenRows(const LoraAdapter& adapter, TokenRange span, const Pass& pass) const;
   // loraHidden rows = dropout(inp)·Aᵀ
   void loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
                          const Pass& pass);
-  // out (count, N) = scale·((dropout(inp)·Aᵀ)·Bᵀ) + beta·out, keeping x·Aᵀ in loraHidden
-  void loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden, TokenRange span,
-                   const Pass& pass, float beta);
+  // the x·Aᵀ of every adapter of the group that starts at `first`, ahead of its members' projectForward
+  void loraGroupHiddenForward(int64_t layer, Projection first, const float* inp, float* loraHidden, TokenRange span,
+                              const Pass& pass);
+  // the group's A matrices stacked (size·R, K) in scratch.loraStackedA
+  void stackLoraA(int64_t layer, LoraGroup group);
+  // out (count, N) = scale·(x·Aᵀ)·Bᵀ + beta·out from the x·Aᵀ in loraHidden (loraGroupHiddenForward)
+  void loraForward(const LoraAdapter& adapter, float* out, const float* loraHidden, TokenRange span, const Pass& pass,
+                   float beta);
   // parameter grads += ; dinp (count, K) (+)= the LoRA path's input gradient (skipped when dinp is null)
   void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
                     const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate);
+  // loraBackward for the adapters of the group that starts at `first`; whether any wrote to dinp
+  bool loraGroupBackward(int64_t layer, Projection first, const float* const* douts, const float* inp, float* dinp,
+                         const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate);
   // RMSNorm → Q/K/V → RoPE → attention → O → residual → RMSNorm: everything of the layer before its
   // feed-forward block
   void attentionForward(int64_t layer, int64_t T, const Pass& pass);
@@ -339,10 +364,10 @@ void CudaBackend::baseForward(int64_t l, Projection p, const __nv_bfloat16* inp,
 
 // The adapter's product goes first and the base product adds to it, so out is written once by each
 // instead of read back by the second.
-void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, const float* x, float* out,
-                                 float* loraHidden, TokenRange span, const Pass& pass) {
+void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* xBf16, float* out,
+                                 const float* loraHidden, TokenRange span, const Pass& pass) {
   const LoraAdapter* adapter = lora_.find(l, p);
-  if (adapter) loraForward(*adapter, x, out, loraHidden, span, pass, 0.0f);
+  if (adapter) loraForward(*adapter, out, loraHidden, span, pass, 0.0f);
   baseForward(l, p, xBf16, out, span.count, adapter != nullptr);
   if (const float* bias = plan_->weights().layer(l).bias[static_cast<int>(p)]) {
     add_bias(out, bias, span.count, plan_->weights().layer(l).matrix[static_cast<int>(p)].host->nRows, stream_);
@@ -357,6 +382,18 @@ void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, co
   const LoraAdapter* adapter = lora_.find(l, p);
   if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, span, pass, accumulate);
   if (dinp) baseBackwardInput(l, p, dout, doutBf16, dinp, span.count, accumulate || adapter != nullptr);
+}
+
+void CudaBackend::projectGroupBackward(int64_t l, Projection first, const float* const* douts,
+                                       const __nv_bfloat16* const* doutsBf16, const float* x, float* dinp,
+                                       const float* loraHidden, TokenRange span, bool accumulate, const Pass& pass) {
+  const LoraGroup group = loraGroup(first);
+  const bool wrote = loraGroupBackward(l, first, douts, x, dinp, loraHidden, span, pass, accumulate);
+  if (!dinp) return;
+  for (int i = 0; i < group.size; ++i) {
+    baseBackwardInput(l, static_cast<Projection>(group.first + i), douts[i], doutsBf16[i], dinp, span.count,
+                      accumulate || wrote || i > 0);
+  }
 }
 
 void CudaBackend::baseBackwardInput(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
@@ -390,20 +427,76 @@ const float* CudaBackend::loraInput(const LoraAdapter& adapter, const float* inp
   return s.droppedInput;
 }
 
+CudaBackend::LoraGroup CudaBackend::loraGroup(Projection p) {
+  switch (p) {
+    case Projection::Q: case Projection::K: case Projection::V: return {static_cast<int>(Projection::Q), 3};
+    case Projection::Gate: case Projection::Up: return {static_cast<int>(Projection::Gate), 2};
+    default: return {static_cast<int>(p), 1};
+  }
+}
+
+bool CudaBackend::fusedGroup(int64_t l, LoraGroup group, const Pass& pass) const {
+  if (group.size == 1 || (pass.training && lora_.options().dropout > 0.0f)) return false;
+  for (int i = 0; i < group.size; ++i) {
+    if (!lora_.find(l, static_cast<Projection>(group.first + i))) return false;
+  }
+  return true;
+}
+
+CudaBackend::HiddenRows CudaBackend::loraHiddenRows(const LoraAdapter& adapter, TokenRange span,
+                                                    const Pass& pass) const {
+  const int64_t R = lora_.options().rank;
+  const LoraGroup group = loraGroup(adapter.projection);
+  const int p = static_cast<int>(adapter.projection);
+  if (fusedGroup(adapter.layer, group, pass)) {
+    return {(group.first * span.rowLength + span.begin * group.size + (p - group.first)) * R, group.size * R};
+  }
+  return {(p * span.rowLength + span.begin) * R, R};
+}
+
 void CudaBackend::loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
                                     const Pass& pass) {
   const int64_t R = lora_.options().rank, K = adapter.in;
   const float* x = loraInput(adapter, inp, span, pass);  // (count, K)
+  const HiddenRows rows = loraHiddenRows(adapter, span, pass);
   gemm_f32(cublas_, false, true, span.count, R, K, 1.0f, x, K, plan_->lora().params + adapter.offsetA, K, 0.0f,
-           loraHidden + loraHiddenOffset(adapter, span), R);
+           loraHidden + rows.offset, rows.stride);
 }
 
-void CudaBackend::loraForward(const LoraAdapter& adapter, const float* inp, float* out, float* loraHidden,
-                              TokenRange span, const Pass& pass, float beta) {
+void CudaBackend::stackLoraA(int64_t l, LoraGroup group) {
+  const int64_t R = lora_.options().rank;
+  for (int i = 0; i < group.size; ++i) {
+    const LoraAdapter& adapter = *lora_.find(l, static_cast<Projection>(group.first + i));
+    copyOnDevice(plan_->scratch().loraStackedA + i * R * adapter.in, plan_->lora().params + adapter.offsetA,
+                 sizeof(float) * R * adapter.in);
+  }
+}
+
+void CudaBackend::loraGroupHiddenForward(int64_t l, Projection first, const float* inp, float* loraHidden,
+                                         TokenRange span, const Pass& pass) {
+  const LoraGroup group = loraGroup(first);
+  if (!fusedGroup(l, group, pass)) {
+    for (int i = 0; i < group.size; ++i) {
+      if (const LoraAdapter* adapter = lora_.find(l, static_cast<Projection>(group.first + i))) {
+        loraHiddenForward(*adapter, inp, loraHidden, span, pass);
+      }
+    }
+    return;
+  }
+  const LoraAdapter& lead = *lora_.find(l, first);
+  const int64_t width = group.size * lora_.options().rank, K = lead.in;
+  stackLoraA(l, group);
+  // (count, size·R) = x (count, K) · stacked Aᵀ
+  gemm_f32(cublas_, false, true, span.count, width, K, 1.0f, inp, K, plan_->scratch().loraStackedA, K, 0.0f,
+           loraHidden + loraHiddenRows(lead, span, pass).offset, width);
+}
+
+void CudaBackend::loraForward(const LoraAdapter& adapter, float* out, const float* loraHidden, TokenRange span,
+                              const Pass& pass, float beta) {
   const int64_t R = lora_.options().rank, N = adapter.out;
-  loraHiddenForward(adapter, inp, loraHidden, span, pass);
+  const HiddenRows rows = loraHiddenRows(adapter, span, pass);
   // out (count, N) = scale · h (count, R) · B (N, R)ᵀ + beta · out
-  gemm_f32(cublas_, false, true, span.count, N, R, lora_.scale(), loraHidden + loraHiddenOffset(adapter, span), R,
+  gemm_f32(cublas_, false, true, span.count, N, R, lora_.scale(), loraHidden + rows.offset, rows.stride,
            plan_->lora().params + adapter.offsetB, R, beta, out, N);
 }
 
@@ -415,10 +508,11 @@ void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, con
   float* grads = plan_->lora().grads;
   const int64_t R = lora_.options().rank, K = adapter.in, N = adapter.out, T = span.count;
   const float scale = lora_.scale();
-  const float* h = loraHidden + loraHiddenOffset(adapter, span);  // (T, R)
-  const float* x = loraInput(adapter, inp, span, pass);        // (T, K)
+  const HiddenRows rows = loraHiddenRows(adapter, span, pass);
+  const float* h = loraHidden + rows.offset;              // (T, R), rows.stride apart
+  const float* x = loraInput(adapter, inp, span, pass);  // (T, K)
   // dB (N, R) += scale · dout (T, N)ᵀ · h (T, R)
-  gemm_f32(cublas_, true, false, N, R, T, scale, dout, N, h, R, 1.0f, grads + adapter.offsetB, R);
+  gemm_f32(cublas_, true, false, N, R, T, scale, dout, N, h, rows.stride, 1.0f, grads + adapter.offsetB, R);
   // dh (T, R) = scale · dout (T, N) · B (N, R)
   gemm_f32(cublas_, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, a.dLoraHidden, R);
   // dA (R, K) += dh (T, R)ᵀ · x (T, K)
@@ -435,6 +529,51 @@ void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, con
   dropout_backward(dinp, s.droppedInput, T * K, dropoutMask(adapter, span, pass), stream_);
 }
 
+bool CudaBackend::loraGroupBackward(int64_t l, Projection first, const float* const* douts, const float* inp,
+                                    float* dinp, const float* loraHidden, TokenRange span, const Pass& pass,
+                                    bool accumulate) {
+  const LoraGroup group = loraGroup(first);
+  if (!fusedGroup(l, group, pass)) {
+    bool wrote = false;
+    for (int i = 0; i < group.size; ++i) {
+      if (const LoraAdapter* adapter = lora_.find(l, static_cast<Projection>(group.first + i))) {
+        loraBackward(*adapter, inp, douts[i], dinp, loraHidden, span, pass, accumulate || wrote);
+        wrote = true;
+      }
+    }
+    return wrote && dinp;
+  }
+  const CudaScratch& s = plan_->scratch();
+  const float* params = plan_->lora().params;
+  float* grads = plan_->lora().grads;
+  const int64_t R = lora_.options().rank, T = span.count, width = group.size * R;
+  const float scale = lora_.scale();
+  int64_t K = 0;
+  // each member's dB, and its dh into columns i·R of dH (T, size·R)
+  for (int i = 0; i < group.size; ++i) {
+    const LoraAdapter& adapter = *lora_.find(l, static_cast<Projection>(group.first + i));
+    const int64_t N = adapter.out;
+    K = adapter.in;
+    const HiddenRows rows = loraHiddenRows(adapter, span, pass);
+    gemm_f32(cublas_, true, false, N, R, T, scale, douts[i], N, loraHidden + rows.offset, rows.stride, 1.0f,
+             grads + adapter.offsetB, R);
+    gemm_f32(cublas_, false, false, T, R, N, scale, douts[i], N, params + adapter.offsetB, R, 0.0f,
+             s.loraHiddenGrad + i * R, width);
+  }
+  // the stacked dA (size·R, K) = dHᵀ · x, added to each member's
+  gemm_f32(cublas_, true, false, width, K, T, 1.0f, s.loraHiddenGrad, width, inp, K, 0.0f, s.loraStackedAGrad, K);
+  for (int i = 0; i < group.size; ++i) {
+    const LoraAdapter& adapter = *lora_.find(l, static_cast<Projection>(group.first + i));
+    add_inplace(grads + adapter.offsetA, s.loraStackedAGrad + i * R * K, R * K, stream_);
+  }
+  if (!dinp) return false;
+  // dinp (T, K) (+)= dH · stacked A
+  stackLoraA(l, group);
+  gemm_f32(cublas_, false, false, T, K, width, 1.0f, s.loraHiddenGrad, width, s.loraStackedA, K,
+           accumulate ? 1.0f : 0.0f, dinp, K);
+  return true;
+}
+
 void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
@@ -448,7 +587,8 @@ void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
 
   rmsnorm_forward(a.normed1, s.inputBf16, a.rstd1, x, w.attnNorm, T, C, c.rmsEps, stream_);  // bf16: the three products' input
   float* qkv[3] = {a.q, a.k, a.v};
-  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, a.normed1, qkv[p], saved.loraHidden, row, pass);
+  loraGroupHiddenForward(l, Projection::Q, a.normed1, saved.loraHidden, row, pass);
+  for (int p = 0; p < 3; ++p) projectForward(l, static_cast<Projection>(p), s.inputBf16, qkv[p], saved.loraHidden, row, pass);
   rope_forward(a.q, saved.q, a.ropeCache, b.positions, T, c.nHead, c.headDim, c.neoxRope(), stream_);
   rope_forward(a.k, saved.k, a.ropeCache, b.positions, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
   to_bf16(saved.v, a.v, T * KD, stream_);
@@ -460,7 +600,8 @@ void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
                       cublas_, stream_);
     to_bf16(saved.attn, a.attn, T * QD, stream_);
   }
-  projectForward(l, Projection::O, saved.attn, a.attn, saved.residual2, saved.loraHidden, row, pass);
+  loraGroupHiddenForward(l, Projection::O, a.attn, saved.loraHidden, row, pass);
+  projectForward(l, Projection::O, saved.attn, saved.residual2, saved.loraHidden, row, pass);
   add_inplace(saved.residual2, x, T * C, stream_);
   rmsnorm_forward(a.normed2, s.normedBf16, a.rstd2, saved.residual2, w.ffnNorm, T, C, c.rmsEps, stream_);
 }
@@ -473,8 +614,9 @@ void CudaBackend::gateUpForward(int64_t l, TokenRange chunk, const Pass& pass) {
   const int64_t row = feedForwardRow(saved, chunk);
   const __nv_bfloat16* normedBf16 = s.normedBf16 + chunk.begin * C;
   const float* normed = a.normed2 + chunk.begin * C;
-  projectForward(l, Projection::Gate, normedBf16, normed, a.gate, saved.loraHidden, chunk, pass);
-  projectForward(l, Projection::Up, normedBf16, normed, a.up, saved.loraHidden, chunk, pass);
+  loraGroupHiddenForward(l, Projection::Gate, normed, saved.loraHidden, chunk, pass);
+  projectForward(l, Projection::Gate, normedBf16, a.gate, saved.loraHidden, chunk, pass);
+  projectForward(l, Projection::Up, normedBf16, a.up, saved.loraHidden, chunk, pass);
   // hidden over up in place (the plan shares their buffer); bf16 hidden: down's input
   swiglu_forward(a.hidden, s.gradientBf16, saved.gate + row * F, saved.up + row * F, a.gate, a.up, chunk.count * F,
                  stream_);
@@ -497,7 +639,8 @@ void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
   for (int64_t t0 = 0; t0 < T; t0 += TF) {
     const TokenRange chunk{t0, std::min(TF, T - t0), T};
     gateUpForward(l, chunk, pass);
-    projectForward(l, Projection::Down, s.gradientBf16, a.hidden, next + t0 * C, saved.loraHidden, chunk, pass);
+    loraGroupHiddenForward(l, Projection::Down, a.hidden, saved.loraHidden, chunk, pass);
+    projectForward(l, Projection::Down, s.gradientBf16, next + t0 * C, saved.loraHidden, chunk, pass);
   }
   add_inplace(next, saved.residual2, T * C, stream_);
 }
@@ -563,8 +706,9 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
                     stream_);
     const float* normed = a.normed2 + t0 * C;
     float* dNormed = a.dNormed + t0 * C;
-    projectBackward(l, Projection::Gate, dGate, s.inputBf16, normed, dNormed, saved.loraHidden, chunk, false, pass);
-    projectBackward(l, Projection::Up, a.up, s.gradientBf16, normed, dNormed, saved.loraHidden, chunk, true, pass);
+    const float* douts[2] = {dGate, a.up};
+    const __nv_bfloat16* doutsBf16[2] = {s.inputBf16, s.gradientBf16};
+    projectGroupBackward(l, Projection::Gate, douts, doutsBf16, normed, dNormed, saved.loraHidden, chunk, false, pass);
   }
   rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, saved.residual2, w.ffnNorm, a.rstd2, T, C, stream_);
 
@@ -580,12 +724,10 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
   }
   rope_backward(a.dq, s.inputBf16, a.ropeCache, b.positions, T, c.nHead, c.headDim, c.neoxRope(), stream_);
   rope_backward(a.dk, s.gradientBf16, a.ropeCache, b.positions, T, c.nHeadKv, c.headDim, c.neoxRope(), stream_);
-  float* dqkv[3] = {a.dq, a.dk, a.dv};
+  const float* dqkv[3] = {a.dq, a.dk, a.dv};
   const __nv_bfloat16* dqkvBf16[3] = {s.inputBf16, s.gradientBf16, nullptr};  // dv: converted where it is used
-  for (int p = 0; p < 3; ++p) {
-    projectBackward(l, static_cast<Projection>(p), dqkv[p], dqkvBf16[p], a.normed1, inputGradient ? a.dNormed : nullptr,
-                    saved.loraHidden, whole, p > 0, pass);
-  }
+  projectGroupBackward(l, Projection::Q, dqkv, dqkvBf16, a.normed1, inputGradient ? a.dNormed : nullptr, saved.loraHidden,
+                       whole, false, pass);
   if (inputGradient) rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, x, w.attnNorm, a.rstd1, T, C, stream_);
 }
 

@@ -100,6 +100,9 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   scratch.add(s.dResidualBf16, T * C);
   scratch.add(s.normedBf16, T * C);
   scratch.add(s.droppedInput, lora.options().dropout > 0.0f ? widest : 1);
+  scratch.add(s.loraStackedA, 3 * R * C);
+  scratch.add(s.loraStackedAGrad, 3 * R * C);
+  scratch.add(s.loraHiddenGrad, 3 * T * R);
   scratch.add(s.logitsChunk, T * vocabChunk_);
   scratch.add(s.dlogits, T * vocabChunk_);
   if (!flash_) {

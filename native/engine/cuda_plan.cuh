@@ -65,6 +65,10 @@ struct CudaScratch {
   __nv_bfloat16* dResidualBf16 = nullptr;  // (T, C) the residual gradient, as the RMSNorm backward leaves it
   __nv_bfloat16* normedBf16 = nullptr;  // (T, C) the feed-forward block's normed input: every chunk's gate and up read it
   float* droppedInput = nullptr;        // (widest) LoRA input after dropout (only with dropout)
+  // a group of adapters sharing their input (q, k, v: three at most), their products fused
+  float* loraStackedA = nullptr;        // (3·R, C) their A matrices stacked
+  float* loraStackedAGrad = nullptr;    // (3·R, C) the stacked dA
+  float* loraHiddenGrad = nullptr;      // (T, 3·R) their dh side by side
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
   cuda::AttentionWorkspace attention;   // the tiled attention's buffers (kernels.h), without flash

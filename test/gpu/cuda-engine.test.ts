@@ -91,6 +91,18 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     }
   });
 
+  it("adapters on some projections only: q and v without k, up without gate (groups that share an input run their adapters one by one)", async () => {
+    const file = await synthModel({ ...model, arch: "qwen2", type: "Q4_K", seed: 412 });
+    const pair = await enginePair(file, { maxTokens: 64, lora: { rank: 8, alpha: 16, targets: ["q", "v", "up", "down"] } });
+    try {
+      await pair.gpu.setLora(await randomizeLora(pair.cpu, 19, 0.05));
+      await expectSameGradients(pair, [row]);
+    } finally {
+      pair.cpu.dispose();
+      pair.gpu.dispose();
+    }
+  });
+
   it("layers kept from the forward (whole or without their feed-forward products) and recomputed layers give the same loss and gradients", async () => {
     const file = await synthModel({ ...model, nLayer: 3, arch: "qwen2", type: "Q4_K", seed: 406 });
     const options = { maxTokens: 128, lora: { rank: 8, alpha: 16, dropout: 0.1 }, checkpoints: "gpu" as const };
@@ -157,26 +169,39 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     const rows = [packedRow([randomTokens(110, model.nVocab, 51), randomTokens(75, model.nVocab, 52)], 6)];
 
     /**
-     * The gradients at the first LoRA within 1e-4; then three training steps (dropout on): the first
-     * step's loss (the forward, dropout masks included) within 1e-5, the later ones, which follow updates
-     * from the backward's gradients, and the gradients after them within `tolerance`.
+     * The gradients at the first LoRA within 1e-4; then three training steps (dropout on), each from the
+     * same LoRA and optimizer state in both engines (b takes a's before every step): the step's loss (the
+     * forward, dropout masks included) within 1e-5 and the LoRA it leaves within `tolerance` (the
+     * backward's gradients, masks included, through one update); then the gradients there within 1e-4.
+     * Each step starts from the same state because the two engines' gradients differ by summation-order
+     * roundings (~3e-7): left to drift apart for steps, their LoRAs come to bf16 rounding boundaries on
+     * different sides (measured: LoRAs 1.4e-8 apart after three steps gave losses 5e-6 and gradients 6.6e-3
+     * apart in the forward-only and gradient passes alike).
      */
     async function expectSameTraining(a: Engine, b: Engine, tolerance: number): Promise<void> {
-      const lora = await randomizeLora(a, 13, 0.05);
-      await a.setLora(lora);
-      await b.setLora(lora);
-      const expectSameGradients = async (bound: number, when: string): Promise<void> => {
+      await a.setLora(await randomizeLora(a, 13, 0.05));
+      const sync = async (): Promise<void> => {
+        await b.setLora(await a.getLora());
+        await b.setOptimizerState(await a.getOptimizerState());
+      };
+      const expectSameGradients = async (when: string): Promise<void> => {
+        await sync();
         const [x, y] = await Promise.all([a.gradients(rows), b.gradients(rows)]);
         for (let i = 0; i < y.tensors.length; i++) {
-          expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), `${y.tensors[i]!.name} ${when}`).toBeLessThanOrEqual(bound);
+          expect(relativeError(x.tensors[i]!.data, y.tensors[i]!.data), `${y.tensors[i]!.name} ${when}`).toBeLessThanOrEqual(1e-4);
         }
       };
-      await expectSameGradients(1e-4, "before training");
+      await expectSameGradients("before training");
       for (let step = 0; step < 3; step++) {
+        await sync();
         const [x, y] = await Promise.all([a.step(rows, 1e-2), b.step(rows, 1e-2)]);
-        expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(step === 0 ? 1e-5 : tolerance);
+        expect(Math.abs(x.lossSum - y.lossSum) / y.lossSum, `loss at step ${step}`).toBeLessThanOrEqual(1e-5);
+        const [p, q] = await Promise.all([a.getLora(), b.getLora()]);
+        for (let i = 0; i < q.length; i++) {
+          expect(relativeError(p[i]!.data, q[i]!.data), `${q[i]!.name} after step ${step}`).toBeLessThanOrEqual(tolerance);
+        }
       }
-      await expectSameGradients(tolerance, "after three steps");
+      await expectSameGradients("after three steps");
     }
 
     it("residual checkpoints in pinned host memory (copied on a second stream) give the losses and gradients of checkpoints on the GPU", async () => {
@@ -193,7 +218,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         // five (positions, C) slots on the GPU against two
         expect(gpu.activations! - host.activations!).toBe(3 * 192 * model.nEmbd * 4);
         // the same products on the same values: only the copies differ
-        await expectSameTraining(onHost, onGpu, 1e-5);
+        await expectSameTraining(onHost, onGpu, 1e-7);
         const waited = onHost.memoryPlan().copyWaitSeconds!;
         expect(waited).toBeGreaterThanOrEqual(0);
         expect(waited).toBeLessThan(60);
@@ -215,7 +240,7 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
         expect(chunked.memoryPlan().feedForwardTokens).toBe(96);
         expect(whole.memoryPlan().feedForwardTokens).toBe(192);
         expect(chunked.memoryPlan().activations).toBeLessThan(whole.memoryPlan().activations!);
-        await expectSameTraining(chunked, whole, 1e-4);
+        await expectSameTraining(chunked, whole, 1e-6);
       } finally {
         chunked.dispose();
         whole.dispose();
