@@ -102,9 +102,11 @@ class CudaBackend final : public Backend {
   // (loraGroupHiddenForward)
   void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, float* out, const float* loraHidden,
                       TokenRange span, const Pass& pass);
-  // the adapter's gradients; dinp (count, K) (+)= the input gradient unless dinp is null
+  // the adapter's gradients; dinp (count, K) (+)= the input gradient unless dinp is null; xBf16: the
+  // adapter's dA from x in bf16 (x itself may be null then)
   void projectBackward(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, const float* x,
-                       float* dinp, const float* loraHidden, TokenRange span, bool accumulate, const Pass& pass);
+                       float* dinp, const float* loraHidden, TokenRange span, bool accumulate, const Pass& pass,
+                       const __nv_bfloat16* xBf16 = nullptr);
   // projectBackward for each projection of the group that starts at `first` (douts[i]: member i's output
   // gradient): the adapters first (loraGroupBackward), then the base products' input gradients
   void projectGroupBackward(int64_t layer, Projection first, const float* const* douts,
@@ -142,16 +144,27 @@ class CudaBackend final : public Backend {
   // out (count, N) = scale·(x·Aᵀ)·Bᵀ + beta·out from the x·Aᵀ in loraHidden (loraGroupHiddenForward)
   void loraForward(const LoraAdapter& adapter, float* out, const float* loraHidden, TokenRange span, const Pass& pass,
                    float beta);
-  // parameter grads += ; dinp (count, K) (+)= the LoRA path's input gradient (skipped when dinp is null)
+  // parameter grads += ; dinp (count, K) (+)= the LoRA path's input gradient (skipped when dinp is null);
+  // with inpBf16 (no dropout), dA from the bf16 input
   void loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                    const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate);
+                    const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate,
+                    const __nv_bfloat16* inpBf16 = nullptr);
+  // Whether the feed-forward hidden h = silu(gate)·up is needed in fp32: only for a dropout mask on the
+  // down adapter's input. Otherwise that adapter reads h in bf16, as the base product does, and no
+  // (positions, F) fp32 copy of h is written or read.
+  bool hiddenInFp32(int64_t layer, const Pass& pass) const {
+    return pass.training && lora_.options().dropout > 0.0f && lora_.find(layer, Projection::Down);
+  }
+  // the down adapter's x·Aᵀ over chunk, from a.hidden or from its bf16 copy in scratch.gradientBf16
+  void downHiddenForward(int64_t layer, TokenRange chunk, const Pass& pass);
   // loraBackward for the adapters of the group that starts at `first`; whether any wrote to dinp
   bool loraGroupBackward(int64_t layer, Projection first, const float* const* douts, const float* inp, float* dinp,
                          const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate);
   // RMSNorm → Q/K/V → RoPE → attention → O → residual → RMSNorm: everything of the layer before its
   // feed-forward block
   void attentionForward(int64_t layer, int64_t T, const Pass& pass);
-  // gate and up over a chunk of positions, and SwiGLU: the layer's gate/up (bf16) and a.hidden for the chunk
+  // gate and up over a chunk of positions, and SwiGLU: the layer's gate/up (bf16) and the chunk's hidden in
+  // bf16 (scratch.gradientBf16, down's input) and, where hiddenInFp32, in a.hidden
   void gateUpForward(int64_t layer, TokenRange chunk, const Pass& pass);
   // the row offset of chunk in a layer's saved gate and up (a whole kept layer holds the row, the shared set a chunk)
   static int64_t feedForwardRow(const LayerActivations& saved, TokenRange chunk) {
@@ -378,9 +391,9 @@ void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* x
 // null (no input gradient wanted). doutBf16 is dout's bf16 copy where its producer wrote one.
 void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
                                   const float* x, float* dinp, const float* loraHidden, TokenRange span,
-                                  bool accumulate, const Pass& pass) {
+                                  bool accumulate, const Pass& pass, const __nv_bfloat16* xBf16) {
   const LoraAdapter* adapter = lora_.find(l, p);
-  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, span, pass, accumulate);
+  if (adapter) loraBackward(*adapter, x, dout, dinp, loraHidden, span, pass, accumulate, xBf16);
   if (dinp) baseBackwardInput(l, p, dout, doutBf16, dinp, span.count, accumulate || adapter != nullptr);
 }
 
@@ -501,7 +514,8 @@ void CudaBackend::loraForward(const LoraAdapter& adapter, float* out, const floa
 }
 
 void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, const float* dout, float* dinp,
-                               const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate) {
+                               const float* loraHidden, TokenRange span, const Pass& pass, bool accumulate,
+                               const __nv_bfloat16* inpBf16) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
   const float* params = plan_->lora().params;
@@ -516,7 +530,12 @@ void CudaBackend::loraBackward(const LoraAdapter& adapter, const float* inp, con
   // dh (T, R) = scale · dout (T, N) · B (N, R)
   gemm_f32(cublas_, false, false, T, R, N, scale, dout, N, params + adapter.offsetB, R, 0.0f, a.dLoraHidden, R);
   // dA (R, K) += dh (T, R)ᵀ · x (T, K)
-  gemm_f32(cublas_, true, false, R, K, T, 1.0f, a.dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  if (inpBf16) {
+    to_bf16(s.dLoraHiddenBf16, a.dLoraHidden, T * R, stream_);
+    gemm_bf16(cublas_, true, false, R, K, T, 1.0f, s.dLoraHiddenBf16, R, inpBf16, K, 1.0f, grads + adapter.offsetA, K);
+  } else {
+    gemm_f32(cublas_, true, false, R, K, T, 1.0f, a.dLoraHidden, R, x, K, 1.0f, grads + adapter.offsetA, K);
+  }
   if (!dinp) return;  // the layer's input gradient is not wanted
   if (x == inp) {
     gemm_f32(cublas_, false, false, T, K, R, 1.0f, a.dLoraHidden, R, params + adapter.offsetA, K, accumulate ? 1.0f : 0.0f,
@@ -574,6 +593,23 @@ bool CudaBackend::loraGroupBackward(int64_t l, Projection first, const float* co
   return true;
 }
 
+void CudaBackend::downHiddenForward(int64_t l, TokenRange chunk, const Pass& pass) {
+  const LoraAdapter* down = lora_.find(l, Projection::Down);
+  if (!down) return;
+  float* loraHidden = plan_->layerActivations(l).loraHidden;
+  if (hiddenInFp32(l, pass)) {
+    loraHiddenForward(*down, plan_->activations().hidden, loraHidden, chunk, pass);
+    return;
+  }
+  const CudaScratch& s = plan_->scratch();
+  const int64_t R = lora_.options().rank, K = down->in;
+  const HiddenRows rows = loraHiddenRows(*down, chunk, pass);
+  to_bf16(s.loraABf16, plan_->lora().params + down->offsetA, R * K, stream_);
+  // (count, R) = h (count, F) · Aᵀ, h in bf16 as the base product reads it
+  gemm_bf16(cublas_, false, true, chunk.count, R, K, 1.0f, s.gradientBf16, K, s.loraABf16, K, 0.0f,
+            loraHidden + rows.offset, rows.stride);
+}
+
 void CudaBackend::attentionForward(int64_t l, int64_t T, const Pass& pass) {
   const ActivationBuffers& a = plan_->activations();
   const CudaScratch& s = plan_->scratch();
@@ -618,7 +654,7 @@ void CudaBackend::gateUpForward(int64_t l, TokenRange chunk, const Pass& pass) {
   projectForward(l, Projection::Gate, normedBf16, a.gate, saved.loraHidden, chunk, pass);
   projectForward(l, Projection::Up, normedBf16, a.up, saved.loraHidden, chunk, pass);
   // hidden over up in place (the plan shares their buffer); bf16 hidden: down's input
-  swiglu_forward(a.hidden, s.gradientBf16, saved.gate + row * F, saved.up + row * F, a.gate, a.up, chunk.count * F,
+  swiglu_forward(hiddenInFp32(l, pass) ? a.hidden : nullptr, s.gradientBf16, saved.gate + row * F, saved.up + row * F, a.gate, a.up, chunk.count * F,
                  stream_);
 }
 
@@ -639,7 +675,7 @@ void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {
   for (int64_t t0 = 0; t0 < T; t0 += TF) {
     const TokenRange chunk{t0, std::min(TF, T - t0), T};
     gateUpForward(l, chunk, pass);
-    loraGroupHiddenForward(l, Projection::Down, a.hidden, saved.loraHidden, chunk, pass);
+    downHiddenForward(l, chunk, pass);
     projectForward(l, Projection::Down, s.gradientBf16, next + t0 * C, saved.loraHidden, chunk, pass);
   }
   add_inplace(next, saved.residual2, T * C, stream_);
@@ -687,19 +723,22 @@ void CudaBackend::layerBackward(int64_t l, int64_t T, const Pass& pass, bool rec
   for (int64_t t0 = 0; t0 < T; t0 += TF) {
     const TokenRange chunk{t0, std::min(TF, T - t0), T};
     const int64_t row = feedForwardRow(saved, chunk), n = chunk.count * F;
+    // the down adapter's dA reads the hidden in fp32 (a.hidden) or in bf16 (scratch.gradientBf16, which the
+    // last layer's forward left there: the loss head does not use it)
+    const bool fp32 = hiddenInFp32(l, pass);
     if (!forwardLeftFeedForward) {
       if (saved.ownFeedForward) {
-        swiglu_forward(a.hidden, saved.gate + row * F, saved.up + row * F, n, stream_);
+        swiglu_forward(fp32 ? a.hidden : nullptr, fp32 ? nullptr : s.gradientBf16, saved.gate + row * F,
+                       saved.up + row * F, n, stream_);
       } else {
         gateUpForward(l, chunk, pass);
         // the down projection's output is not needed again, but its adapter's backward reads hidden·Aᵀ
         // (a kept layer has it from the forward)
-        const LoraAdapter* down = lora_.find(l, Projection::Down);
-        if (down && !plan_->keeps(l)) loraHiddenForward(*down, a.hidden, saved.loraHidden, chunk, pass);
+        if (!plan_->keeps(l)) downHiddenForward(l, chunk, pass);
       }
     }
-    projectBackward(l, Projection::Down, a.dResidual + t0 * C, s.dResidualBf16 + t0 * C, a.hidden, a.dHidden,
-                    saved.loraHidden, chunk, false, pass);
+    projectBackward(l, Projection::Down, a.dResidual + t0 * C, s.dResidualBf16 + t0 * C, fp32 ? a.hidden : nullptr,
+                    a.dHidden, saved.loraHidden, chunk, false, pass, fp32 ? nullptr : s.gradientBf16);
     float* dGate = a.dHidden;  // in place: dHidden is read once per element
     // up now holds d(up); the bf16 copies of d(gate) and d(up) for the two products
     swiglu_backward(dGate, a.up, s.inputBf16, s.gradientBf16, a.dHidden, saved.gate + row * F, saved.up + row * F, n,

@@ -69,6 +69,9 @@ struct CudaScratch {
   float* loraStackedA = nullptr;        // (3·R, C) their A matrices stacked
   float* loraStackedAGrad = nullptr;    // (3·R, C) the stacked dA
   float* loraHiddenGrad = nullptr;      // (T, 3·R) their dh side by side
+  // the down adapter from the bf16 hidden (no fp32 copy of the (T, F) hidden without dropout)
+  __nv_bfloat16* loraABf16 = nullptr;   // (R, F) its A in bf16
+  __nv_bfloat16* dLoraHiddenBf16 = nullptr;  // (T, R) its dh in bf16
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
   cuda::AttentionWorkspace attention;   // the tiled attention's buffers (kernels.h), without flash

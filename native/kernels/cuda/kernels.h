@@ -87,11 +87,13 @@ void rope_backward(float* dx, __nv_bfloat16* dxBf16, const float* table, const i
 
 // ---- swiglu.cu ----
 
-// gBf16, uBf16 (n) = g, u rounded to bf16; h (n) = silu(g)·u of the rounded values, and in bf16 as hBf16
+// gBf16, uBf16 (n) = g, u rounded to bf16; h (n) = silu(g)·u of the rounded values (unless h is null),
+// and in bf16 as hBf16
 void swiglu_forward(float* h, __nv_bfloat16* hBf16, __nv_bfloat16* gBf16, __nv_bfloat16* uBf16, const float* g,
                     const float* u, int64_t n, cudaStream_t stream);
-// h (n) = silu(g)·u from the bf16 g, u the forward kept
-void swiglu_forward(float* h, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);
+// h (n) = silu(g)·u from the bf16 g, u the forward kept, in fp32 as h and in bf16 as hBf16 (either may be null)
+void swiglu_forward(float* h, __nv_bfloat16* hBf16, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n,
+                    cudaStream_t stream);
 // dg, du (n) from dh and the bf16 g, u, also in bf16 as dgBf16, duBf16 (the products' inputs); dg may alias dh
 void swiglu_backward(float* dg, float* du, __nv_bfloat16* dgBf16, __nv_bfloat16* duBf16, const float* dh,
                      const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream);

@@ -23,7 +23,7 @@ __global__ void swiglu_forward_kernel(float* h, __nv_bfloat16* hBf16, __nv_bfloa
   if (uBf16) uBf16[i] = uRounded;
   const float gate = __bfloat162float(gRounded), up = __bfloat162float(uRounded);
   const float value = gate / (1.0f + expf(-gate)) * up;
-  h[i] = value;
+  if (h) h[i] = value;
   if (hBf16) hBf16[i] = __float2bfloat16(value);
 }
 
@@ -49,10 +49,11 @@ void swiglu_forward(float* h, __nv_bfloat16* hBf16, __nv_bfloat16* gBf16, __nv_b
   checkLaunch("swiglu_forward");
 }
 
-void swiglu_forward(float* h, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n, cudaStream_t stream) {
+void swiglu_forward(float* h, __nv_bfloat16* hBf16, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n,
+                    cudaStream_t stream) {
   if (n == 0) return;
   swiglu_forward_kernel<__nv_bfloat16>
-      <<<blocksFor(n, kThreads), kThreads, 0, stream>>>(h, nullptr, nullptr, nullptr, g, u, n);
+      <<<blocksFor(n, kThreads), kThreads, 0, stream>>>(h, hBf16, nullptr, nullptr, g, u, n);
   checkLaunch("swiglu_forward");
 }
 
