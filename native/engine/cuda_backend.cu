@@ -102,6 +102,10 @@ class CudaBackend final : public Backend {
   // (loraGroupHiddenForward)
   void projectForward(int64_t layer, Projection p, const __nv_bfloat16* xBf16, float* out, const float* loraHidden,
                       TokenRange span, const Pass& pass);
+  // the same into a bf16 out: the adapter's product in bf16 first (h and B rounded), then the base product
+  // adds to it and rounds once (the gate and up products, which SwiGLU reads rounded to bf16 anyway)
+  void projectForwardBf16(int64_t layer, Projection p, const __nv_bfloat16* xBf16, __nv_bfloat16* out,
+                          const float* loraHidden, TokenRange span, const Pass& pass);
   // the adapter's gradients; dinp (count, K) (+)= the input gradient unless dinp is null; xBf16: the
   // adapter's dA from x in bf16 (x itself may be null then)
   void projectBackward(int64_t layer, Projection p, const float* dout, const __nv_bfloat16* doutBf16, const float* x,
@@ -131,6 +135,7 @@ class CudaBackend final : public Backend {
   // fused group's members share its blocks as (T, size·R) rows, member i in columns i·R ..
   struct HiddenRows {
     int64_t offset = 0, stride = 0;
+    int64_t column = 0;  // of offset within its row: offset − column starts the row
   };
   HiddenRows loraHiddenRows(const LoraAdapter& adapter, TokenRange span, const Pass& pass) const;
   // loraHidden rows = dropout(inp)·Aᵀ
@@ -387,6 +392,27 @@ void CudaBackend::projectForward(int64_t l, Projection p, const __nv_bfloat16* x
   }
 }
 
+void CudaBackend::projectForwardBf16(int64_t l, Projection p, const __nv_bfloat16* xBf16, __nv_bfloat16* out,
+                                     const float* loraHidden, TokenRange span, const Pass& pass) {
+  const CudaScratch& s = plan_->scratch();
+  const int pi = static_cast<int>(p);
+  const MappedTensor& w = *plan_->weights().layer(l).matrix[pi].host;
+  const int64_t K = w.rowLength, N = w.nRows, R = lora_.options().rank;
+  const LoraAdapter* adapter = lora_.find(l, p);
+  if (adapter) {
+    const HiddenRows rows = loraHiddenRows(*adapter, span, pass);
+    // span's rows of h (whole rows of the stride) and B, rounded to bf16
+    to_bf16(s.loraHiddenBf16, loraHidden + rows.offset - rows.column, span.count * rows.stride, stream_);
+    to_bf16(s.loraBBf16, plan_->lora().params + adapter->offsetB, N * R, stream_);
+    gemm_bf16_out(cublas_, false, true, span.count, N, R, lora_.scale(), s.loraHiddenBf16 + rows.column, rows.stride,
+                  s.loraBBf16, R, 0.0f, out, N);
+  }
+  dequantizeLayer(l);
+  gemm_bf16_out(cublas_, false, true, span.count, N, K, 1.0f, xBf16, K, s.layerWeights[pi], K,
+                adapter ? 1.0f : 0.0f, out, N);
+  if (const float* bias = plan_->weights().layer(l).bias[pi]) add_bias(out, bias, span.count, N, stream_);
+}
+
 // The adapter's gradients from dout; dinp (+)= dout·W + the adapter's input gradient, unless dinp is
 // null (no input gradient wanted). doutBf16 is dout's bf16 copy where its producer wrote one.
 void CudaBackend::projectBackward(int64_t l, Projection p, const float* dout, const __nv_bfloat16* doutBf16,
@@ -462,9 +488,10 @@ CudaBackend::HiddenRows CudaBackend::loraHiddenRows(const LoraAdapter& adapter, 
   const LoraGroup group = loraGroup(adapter.projection);
   const int p = static_cast<int>(adapter.projection);
   if (fusedGroup(adapter.layer, group, pass)) {
-    return {(group.first * span.rowLength + span.begin * group.size + (p - group.first)) * R, group.size * R};
+    const int64_t column = (p - group.first) * R;
+    return {(group.first * span.rowLength + span.begin * group.size) * R + column, group.size * R, column};
   }
-  return {(p * span.rowLength + span.begin) * R, R};
+  return {(p * span.rowLength + span.begin) * R, R, 0};
 }
 
 void CudaBackend::loraHiddenForward(const LoraAdapter& adapter, const float* inp, float* loraHidden, TokenRange span,
@@ -650,12 +677,13 @@ void CudaBackend::gateUpForward(int64_t l, TokenRange chunk, const Pass& pass) {
   const int64_t row = feedForwardRow(saved, chunk);
   const __nv_bfloat16* normedBf16 = s.normedBf16 + chunk.begin * C;
   const float* normed = a.normed2 + chunk.begin * C;
+  __nv_bfloat16* gate = saved.gate + row * F;
+  __nv_bfloat16* up = saved.up + row * F;
   loraGroupHiddenForward(l, Projection::Gate, normed, saved.loraHidden, chunk, pass);
-  projectForward(l, Projection::Gate, normedBf16, a.gate, saved.loraHidden, chunk, pass);
-  projectForward(l, Projection::Up, normedBf16, a.up, saved.loraHidden, chunk, pass);
-  // hidden over up in place (the plan shares their buffer); bf16 hidden: down's input
-  swiglu_forward(hiddenInFp32(l, pass) ? a.hidden : nullptr, s.gradientBf16, saved.gate + row * F, saved.up + row * F, a.gate, a.up, chunk.count * F,
-                 stream_);
+  projectForwardBf16(l, Projection::Gate, normedBf16, gate, saved.loraHidden, chunk, pass);
+  projectForwardBf16(l, Projection::Up, normedBf16, up, saved.loraHidden, chunk, pass);
+  // bf16 hidden: down's input; the fp32 one (dropout) over a.up (the plan shares their buffer)
+  swiglu_forward(hiddenInFp32(l, pass) ? a.hidden : nullptr, s.gradientBf16, gate, up, chunk.count * F, stream_);
 }
 
 void CudaBackend::layerForward(int64_t l, int64_t T, const Pass& pass) {

@@ -105,6 +105,8 @@ CudaPlan::CudaPlan(const EngineOptions& options, const Model& model, const Lora&
   scratch.add(s.loraHiddenGrad, 3 * T * R);
   scratch.add(s.loraABf16, R * c.nFf);
   scratch.add(s.dLoraHiddenBf16, T * R);
+  scratch.add(s.loraHiddenBf16, 3 * T * R);
+  scratch.add(s.loraBBf16, c.nFf * R);
   scratch.add(s.logitsChunk, T * vocabChunk_);
   scratch.add(s.dlogits, T * vocabChunk_);
   if (!flash_) {

@@ -72,6 +72,9 @@ struct CudaScratch {
   // the down adapter from the bf16 hidden (no fp32 copy of the (T, F) hidden without dropout)
   __nv_bfloat16* loraABf16 = nullptr;   // (R, F) its A in bf16
   __nv_bfloat16* dLoraHiddenBf16 = nullptr;  // (T, R) its dh in bf16
+  // the gate and up adapters' products in bf16 (their outputs are bf16)
+  __nv_bfloat16* loraHiddenBf16 = nullptr;   // (T, 3·R) x·Aᵀ rows
+  __nv_bfloat16* loraBBf16 = nullptr;        // (F, R) B
   float* logitsChunk = nullptr;         // (T, vocabChunk)
   __nv_bfloat16* dlogits = nullptr;     // (T, vocabChunk)
   cuda::AttentionWorkspace attention;   // the tiled attention's buffers (kernels.h), without flash

@@ -29,9 +29,10 @@ __global__ void to_f32_kernel(float* out, const __nv_bfloat16* inp, int64_t n) {
   if (i < n) out[i] = __bfloat162float(inp[i]);
 }
 
-__global__ void add_bias_kernel(float* out, const float* bias, int64_t T, int64_t N) {
+template <class Output>
+__global__ void add_bias_kernel(Output* out, const float* bias, int64_t T, int64_t N) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < T * N) out[i] += bias[i % N];
+  if (i < T * N) out[i] = static_cast<float>(out[i]) + bias[i % N];
 }
 
 __global__ void gather_rows_kernel(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C) {
@@ -75,6 +76,12 @@ void to_f32(float* out, const __nv_bfloat16* inp, int64_t n, cudaStream_t stream
 }
 
 void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream) {
+  if (T * N == 0) return;
+  add_bias_kernel<<<blocksFor(T * N, kThreads), kThreads, 0, stream>>>(out, bias, T, N);
+  checkLaunch("add_bias");
+}
+
+void add_bias(__nv_bfloat16* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream) {
   if (T * N == 0) return;
   add_bias_kernel<<<blocksFor(T * N, kThreads), kThreads, 0, stream>>>(out, bias, T, N);
   checkLaunch("add_bias");

@@ -35,6 +35,10 @@ bool dequantize_supports(uint32_t type);
 void gemm_bf16(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                const __nv_bfloat16* A, int64_t lda, const __nv_bfloat16* B, int64_t ldb, float beta, float* C,
                int64_t ldc);
+// the same with C in bf16: alpha·op(A)·op(B) + beta·C summed in fp32 and rounded once
+void gemm_bf16_out(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                   const __nv_bfloat16* A, int64_t lda, const __nv_bfloat16* B, int64_t ldb, float beta,
+                   __nv_bfloat16* C, int64_t ldc);
 // the same over `batch` matrices at element strides strideA, strideB, strideC
 void gemm_bf16_batched(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                        const __nv_bfloat16* A, int64_t lda, int64_t strideA, const __nv_bfloat16* B, int64_t ldb,
@@ -49,6 +53,7 @@ void add_inplace(float* a, const float* b, int64_t n, cudaStream_t stream);     
 void to_bf16(__nv_bfloat16* out, const float* inp, int64_t n, cudaStream_t stream);  // out (n) = inp (n)
 void to_f32(float* out, const __nv_bfloat16* inp, int64_t n, cudaStream_t stream);   // out (n) = inp (n)
 void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream);  // out (T, N) += bias (N)
+void add_bias(__nv_bfloat16* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream);
 // out (n, C) = inp[rows[i]] (C) for i < n
 void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
 // out[rows[i]] (C) = inp (n, C)[i]; other rows of out are left as they are
@@ -87,11 +92,7 @@ void rope_backward(float* dx, __nv_bfloat16* dxBf16, const float* table, const i
 
 // ---- swiglu.cu ----
 
-// gBf16, uBf16 (n) = g, u rounded to bf16; h (n) = silu(g)·u of the rounded values (unless h is null),
-// and in bf16 as hBf16
-void swiglu_forward(float* h, __nv_bfloat16* hBf16, __nv_bfloat16* gBf16, __nv_bfloat16* uBf16, const float* g,
-                    const float* u, int64_t n, cudaStream_t stream);
-// h (n) = silu(g)·u from the bf16 g, u the forward kept, in fp32 as h and in bf16 as hBf16 (either may be null)
+// h (n) = silu(g)·u from the bf16 g, u, in fp32 as h and in bf16 as hBf16 (either may be null)
 void swiglu_forward(float* h, __nv_bfloat16* hBf16, const __nv_bfloat16* g, const __nv_bfloat16* u, int64_t n,
                     cudaStream_t stream);
 // dg, du (n) from dh and the bf16 g, u, also in bf16 as dgBf16, duBf16 (the products' inputs); dg may alias dh

@@ -25,13 +25,13 @@ const char* cublasStatusName(cublasStatus_t status) {
 }
 
 void gemm(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
-          const void* A, int64_t lda, const void* B, int64_t ldb, float beta, float* C, int64_t ldc,
-          cudaDataType_t inputType, cublasComputeType_t compute, const char* name) {
+          const void* A, int64_t lda, const void* B, int64_t ldb, float beta, void* C, int64_t ldc,
+          cudaDataType_t inputType, cudaDataType_t outputType, cublasComputeType_t compute, const char* name) {
   if (M == 0 || N == 0) return;
   const cublasStatus_t status = cublasGemmEx(
       handle, transB ? CUBLAS_OP_T : CUBLAS_OP_N, transA ? CUBLAS_OP_T : CUBLAS_OP_N, static_cast<int>(N),
       static_cast<int>(M), static_cast<int>(K), &alpha, B, inputType, static_cast<int>(ldb), A, inputType,
-      static_cast<int>(lda), &beta, C, CUDA_R_32F, static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT);
+      static_cast<int>(lda), &beta, C, outputType, static_cast<int>(ldc), compute, CUBLAS_GEMM_DEFAULT);
   if (status != CUBLAS_STATUS_SUCCESS) {
     throw Error(std::string("cuBLAS ") + name + " (" + std::to_string(M) + "×" + std::to_string(N) + "×" +
                 std::to_string(K) + ") failed: " + cublasStatusName(status),
@@ -44,8 +44,15 @@ void gemm(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N,
 void gemm_bf16(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
                const __nv_bfloat16* A, int64_t lda, const __nv_bfloat16* B, int64_t ldb, float beta, float* C,
                int64_t ldc) {
-  gemm(handle, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_16BF, CUBLAS_COMPUTE_32F,
-       "gemm_bf16");
+  gemm(handle, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_16BF, CUDA_R_32F,
+       CUBLAS_COMPUTE_32F, "gemm_bf16");
+}
+
+void gemm_bf16_out(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
+                   const __nv_bfloat16* A, int64_t lda, const __nv_bfloat16* B, int64_t ldb, float beta,
+                   __nv_bfloat16* C, int64_t ldc) {
+  gemm(handle, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_16BF, CUDA_R_16BF,
+       CUBLAS_COMPUTE_32F, "gemm_bf16_out");
 }
 
 void gemm_bf16_batched(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_t N, int64_t K, float alpha,
@@ -68,7 +75,7 @@ void gemm_f32(cublasHandle_t handle, bool transA, bool transB, int64_t M, int64_
               const float* A, int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   // TF32 tensor cores (fp32 storage, 10-bit mantissa products, fp32 sums): the rank-16 LoRA products
   // ran off the tensor cores at 12% of a 7B step in plain fp32
-  gemm(handle, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_32F,
+  gemm(handle, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, CUDA_R_32F, CUDA_R_32F,
        CUBLAS_COMPUTE_32F_FAST_TF32, "gemm_f32");
 }
 
