@@ -267,6 +267,7 @@ std::vector<std::pair<std::string, double>> CudaPlan::report() const {
           {"keptLayerBytes", static_cast<double>(keptLayerBytes_)},
           {"keptAttentionBytes", static_cast<double>(keptAttentionBytes_)},
           {"feedForwardTokens", static_cast<double>(feedForwardTokens_)},
+          {"vocabChunk", static_cast<double>(vocabChunk_)},
           // pinned host memory holding the residual checkpoints (0: they are on the GPU)
           {"hostCheckpoints", static_cast<double>(hostBytes_)},
           // seconds the compute stream waited for checkpoint copies (the part that did not overlap)

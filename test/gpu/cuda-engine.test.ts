@@ -91,6 +91,22 @@ describe.skipIf(cudaSkipReason !== undefined)(`CUDA engine vs CPU engine ${cudaS
     }
   });
 
+  it("a vocabulary over several loss-head chunks: the gradient summed chunk by chunk, rows rescaled as their max moves", async () => {
+    const nVocab = 4096;
+    const file = await synthModel({ ...model, nVocab, contextLength: 16384, arch: "qwen2", type: "Q8_0", seed: 413 });
+    // the CUDA loss head takes 16 Mi logits a chunk: 1024 of the vocabulary at 16384 positions, four chunks
+    const pair = await enginePair(file, { maxTokens: 16384, lora: { rank: 8, alpha: 16 } });
+    try {
+      expect(pair.gpu.memoryPlan().vocabChunk).toBe(1024);
+      await pair.gpu.setLora(await randomizeLora(pair.cpu, 23, 0.05));
+      const wide = packedRow([randomTokens(40, nVocab, 61), randomTokens(23, nVocab, 62)], 5);
+      await expectSameGradients(pair, [wide]);
+    } finally {
+      pair.cpu.dispose();
+      pair.gpu.dispose();
+    }
+  });
+
   it("adapters on some projections only: q and v without k, up without gate (groups that share an input run their adapters one by one)", async () => {
     const file = await synthModel({ ...model, arch: "qwen2", type: "Q4_K", seed: 412 });
     const pair = await enginePair(file, { maxTokens: 64, lora: { rank: 8, alpha: 16, targets: ["q", "v", "up", "down"] } });
