@@ -593,13 +593,12 @@ bool CudaBackend::loraGroupBackward(int64_t l, Projection first, const float* co
   const float* params = plan_->lora().params;
   float* grads = plan_->lora().grads;
   const int64_t R = lora_.options().rank, T = span.count, width = group.size * R;
+  const int64_t K = lora_.find(l, first)->in;  // the members' shared input width
   const float scale = lora_.scale();
-  int64_t K = 0;
   // each member's dB, and its dh into columns i·R of dH (T, size·R)
   for (int i = 0; i < group.size; ++i) {
     const LoraAdapter& adapter = *lora_.find(l, static_cast<Projection>(group.first + i));
     const int64_t N = adapter.out;
-    K = adapter.in;
     const HiddenRows rows = loraHiddenRows(adapter, span, pass);
     gemm_f32(cublas_, true, false, N, R, T, scale, douts[i], N, loraHidden + rows.offset, rows.stride, 1.0f,
              grads + adapter.offsetB, R);
@@ -904,7 +903,7 @@ int64_t CudaBackend::lossHead(const Row& row, bool withGradient) {
   dequantize_gather_f32(a.lossInput, weights.output().data, static_cast<uint32_t>(w.type),
                         static_cast<int64_t>(w.rowBytes), C, a.lossTargets, N, stream_);
   zero(a.dNormed, sizeof(float) * T * C);
-  cross_entropy_input_gradient(a.dNormed, a.dLossInput, a.runSum, a.lossInput, a.lossPositions, N, C, 1.0f, stream_);
+  cross_entropy_input_gradient(a.dNormed, a.dLossInput, a.runSum, a.lossInput, a.lossPositions, N, C, stream_);
   rmsnorm_backward(a.dResidual, s.dResidualBf16, a.dNormed, x, weights.outputNorm(), a.rstdFinal, T, C, stream_);
   return N;
 }

@@ -57,15 +57,14 @@ __global__ void scale_rows_kernel(float* x, const float* factor, int64_t C) {
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) row[c] *= f;
 }
 
-// dInput row positions[n] = scale·(weighted[n] / runSum[n] − targetRows[n]): softmax·W − W[target]
+// dInput row positions[n] = weighted[n] / runSum[n] − targetRows[n]: softmax·W − W[target]
 __global__ void cross_entropy_input_gradient_kernel(float* dInput, const float* weighted, const float* runSum,
-                                                    const float* targetRows, const int32_t* positions, int64_t C,
-                                                    float scale) {
+                                                    const float* targetRows, const int32_t* positions, int64_t C) {
   const int64_t n = blockIdx.x;
   const float inverse = 1.0f / runSum[n];
   float* out = dInput + static_cast<int64_t>(positions[n]) * C;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
-    out[c] = scale * (weighted[n * C + c] * inverse - targetRows[n * C + c]);
+    out[c] = weighted[n * C + c] * inverse - targetRows[n * C + c];
   }
 }
 
@@ -111,10 +110,10 @@ void cross_entropy_rescale_rows(float* weighted, const float* rescale, int64_t N
 }
 
 void cross_entropy_input_gradient(float* dInput, const float* weighted, const float* runSum, const float* targetRows,
-                                  const int32_t* positions, int64_t N, int64_t C, float scale, cudaStream_t stream) {
+                                  const int32_t* positions, int64_t N, int64_t C, cudaStream_t stream) {
   if (N * C == 0) return;
   cross_entropy_input_gradient_kernel<<<static_cast<unsigned>(N), kThreads, 0, stream>>>(
-      dInput, weighted, runSum, targetRows, positions, C, scale);
+      dInput, weighted, runSum, targetRows, positions, C);
   checkLaunch("cross_entropy_input_gradient");
 }
 

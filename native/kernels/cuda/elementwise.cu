@@ -40,11 +40,6 @@ __global__ void gather_rows_kernel(float* out, const float* inp, const int32_t* 
   if (i < n * C) out[i] = inp[static_cast<int64_t>(rows[i / C]) * C + i % C];
 }
 
-__global__ void scatter_rows_kernel(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C) {
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n * C) out[static_cast<int64_t>(rows[i / C]) * C + i % C] = inp[i];
-}
-
 __global__ void dropout_forward_kernel(float* out, const float* inp, int64_t n, DropoutMask mask, float keepScale) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < n) out[i] = keeps(mask, static_cast<uint64_t>(i)) ? inp[i] * keepScale : 0.0f;
@@ -91,12 +86,6 @@ void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, i
   if (n * C == 0) return;
   gather_rows_kernel<<<blocksFor(n * C, kThreads), kThreads, 0, stream>>>(out, inp, rows, n, C);
   checkLaunch("gather_rows");
-}
-
-void scatter_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream) {
-  if (n * C == 0) return;
-  scatter_rows_kernel<<<blocksFor(n * C, kThreads), kThreads, 0, stream>>>(out, inp, rows, n, C);
-  checkLaunch("scatter_rows");
 }
 
 void dropout_forward(float* out, const float* inp, int64_t n, DropoutMask mask, cudaStream_t stream) {

@@ -56,8 +56,6 @@ void add_bias(float* out, const float* bias, int64_t T, int64_t N, cudaStream_t 
 void add_bias(__nv_bfloat16* out, const float* bias, int64_t T, int64_t N, cudaStream_t stream);
 // out (n, C) = inp[rows[i]] (C) for i < n
 void gather_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
-// out[rows[i]] (C) = inp (n, C)[i]; other rows of out are left as they are
-void scatter_rows(float* out, const float* inp, const int32_t* rows, int64_t n, int64_t C, cudaStream_t stream);
 // LoRA dropout with the CPU engine's counter-based mask (Lora::keeps, common/splitmix.h): element i
 // survives when dropoutKeeps(stepKey, site, first + i, dropout), stepKey = dropoutStepKey(seed, step).
 struct DropoutMask {
@@ -147,10 +145,10 @@ void cross_entropy_rescale_rows(float* weighted, const float* rescale, int64_t N
 // lse (N) = runMax + log(runSum); *lossSum += Σ (lse − targetLogit)
 void cross_entropy_finish(float* lse, double* lossSum, const float* runMax, const float* runSum,
                           const float* targetLogit, int64_t N, cudaStream_t stream);
-// dInput row positions[n] (of (T, C)) = scale·(weighted[n] / runSum[n] − targetRows[n]), targetRows (N, C)
-// the output matrix's rows of the targets: the loss's gradient with respect to the lm_head's input
+// dInput row positions[n] (of (T, C)) = weighted[n] / runSum[n] − targetRows[n], targetRows (N, C) the
+// output matrix's rows of the targets: the loss's gradient with respect to the lm_head's input
 void cross_entropy_input_gradient(float* dInput, const float* weighted, const float* runSum, const float* targetRows,
-                                  const int32_t* positions, int64_t N, int64_t C, float scale, cudaStream_t stream);
+                                  const int32_t* positions, int64_t N, int64_t C, cudaStream_t stream);
 
 // ---- adamw.cu ----
 
