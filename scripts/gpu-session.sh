@@ -17,7 +17,7 @@ set -uo pipefail
 source .device/env.sh
 OUT=${OUT:-/tmp/gpu-session}
 mkdir -p "$OUT"
-(CMAKE_CUDA_ARCHITECTURES=90 THINKTUNE_CUDA=on node scripts/build-native.mjs && npm run build:ts) > "$OUT/build.log" 2>&1 \
+(CMAKE_CUDA_ARCHITECTURES=90a THINKTUNE_CUDA=on node scripts/build-native.mjs && npm run build:ts) > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 for stage in "$@"; do
   echo "== $stage $(date +%T)"

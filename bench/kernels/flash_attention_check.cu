@@ -37,13 +37,18 @@ using thinktune::cuda::FlashAttentionGradients;
 
 struct Variant {
   int forwardWarps, forwardRowTiles, backwardWarps;
+  bool hopperKernels;  // where the build and the GPU have them (a head dimension of 128 on sm_90a)
   bool isDefault() const {
     const FlashAttentionArgs defaults;
     return forwardWarps == defaults.forwardWarps && forwardRowTiles == defaults.forwardRowTiles &&
-           backwardWarps == defaults.backwardWarps;
+           backwardWarps == defaults.backwardWarps && hopperKernels == defaults.hopperKernels;
+  }
+  std::string str() const {
+    return std::to_string(forwardWarps) + "×" + std::to_string(forwardRowTiles) + "/" + std::to_string(backwardWarps) +
+           (hopperKernels ? " hopper" : "");
   }
 };
-const Variant kVariants[] = {{8, 1, 8}, {4, 2, 8}, {8, 2, 8}};
+const Variant kVariants[] = {{8, 1, 8, false}, {4, 2, 8, false}, {8, 2, 8, false}, {8, 2, 8, true}};
 
 template <class T>
 T* deviceCopy(const std::vector<T>& host) {
@@ -159,6 +164,7 @@ struct DeviceProblem {
     a.T = T; a.nHead = H; a.nHeadKv = Hkv; a.D = D; a.scale = 1.0f / std::sqrt(float(D));
     a.forwardWarps = variant.forwardWarps; a.forwardRowTiles = variant.forwardRowTiles;
     a.backwardWarps = variant.backwardWarps;
+    a.hopperKernels = variant.hopperKernels;
     return a;
   }
   FlashAttentionGradients gradients() const { return {dout, dq, dk, dv, rowDots}; }
@@ -216,8 +222,7 @@ bool checkCase(int D, int H, int Hkv, const std::vector<int>& lengths, unsigned 
       thinktune::cuda::flash_attention_backward(args, problem.gradients(), nullptr);
       CHECK(cudaDeviceSynchronize());
     } catch (const std::exception& error) {
-      std::printf("FAIL %s warps %d×%d/%d: %s\n", shape.str().c_str(), variant.forwardWarps, variant.forwardRowTiles,
-                  variant.backwardWarps, error.what());
+      std::printf("FAIL %s warps %s: %s\n", shape.str().c_str(), variant.str().c_str(), error.what());
       allPass = false;
       continue;
     }
@@ -234,10 +239,8 @@ bool checkCase(int D, int H, int Hkv, const std::vector<int>& lengths, unsigned 
     const double tolerance = 2e-2;
     const bool pass = !nonFinite && eOut < tolerance && eLse < 1e-3 && eDq < tolerance && eDk < tolerance && eDv < tolerance;
     allPass &= pass;
-    std::printf("%s %s warps %d×%d/%d: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e%s\n", pass ? "ok  " : "FAIL",
-                shape.str().c_str(), variant.forwardWarps, variant.forwardRowTiles, variant.backwardWarps, eOut, eLse,
-                eDq, eDk, eDv,
-                nonFinite ? " NON-FINITE" : "");
+    std::printf("%s %s warps %s: out %.2e lse %.2e dq %.2e dk %.2e dv %.2e%s\n", pass ? "ok  " : "FAIL",
+                shape.str().c_str(), variant.str().c_str(), eOut, eLse, eDq, eDk, eDv, nonFinite ? " NON-FINITE" : "");
   }
   release(problem);
   return allPass;
@@ -280,9 +283,10 @@ void timeShape(int T, const Variant& variant) {
   const double forwardFlops = 4.0 * T * double(T) * D * H / 2;
   const double f = median(forward), fb = median(both);
   std::printf("{\"kernel\": \"thinktune flash\", \"seq\": %d, \"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, "
-              "\"forward_warps\": %d, \"forward_row_tiles\": %d, \"backward_warps\": %d, \"fwd_ms\": %.3f, \"fwd_tflops\": %.1f, "
+              "\"forward_warps\": %d, \"forward_row_tiles\": %d, \"backward_warps\": %d, \"hopper\": %s, \"fwd_ms\": %.3f, \"fwd_tflops\": %.1f, "
               "\"fwd_bwd_ms\": %.3f, \"fwd_bwd_tflops\": %.1f}\n",
-              T, H, Hkv, D, variant.forwardWarps, variant.forwardRowTiles, variant.backwardWarps, f, forwardFlops / f / 1e9, fb,
+              T, H, Hkv, D, variant.forwardWarps, variant.forwardRowTiles, variant.backwardWarps,
+              variant.hopperKernels ? "true" : "false", f, forwardFlops / f / 1e9, fb,
               3.5 * forwardFlops / fb / 1e9);
   std::fflush(stdout);
   release(problem);

@@ -22,6 +22,11 @@ struct FlashAttentionArgs {
   // row tiles forward measured fastest on an H200 (2026-12-01: 7.48 ms against 7.90 with one row tile
   // at 16384 tokens, 28/4 heads); flash_attention_forward/backward list the builds.
   int forwardWarps = 8, forwardRowTiles = 2, backwardWarps = 8;
+  // head dimension 128 on a compute capability 9.0 GPU with an sm_90a build: the kernels on warpgroup
+  // MMAs (flash_forward/backward_hopper_kernel) instead of the mma.sync ones. Their forward measured
+  // fastest with 64-key tiles, two blocks an SM (H200, 2026-12-01, 16384 tokens, 28/4 heads: 4.87 ms
+  // against 5.76 with 128-key tiles, one block an SM, and 7.50 for the mma.sync kernel)
+  bool hopperKernels = true;
 };
 
 struct FlashAttentionGradients {
