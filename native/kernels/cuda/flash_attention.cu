@@ -55,6 +55,25 @@ __device__ inline void loadTile(bf16* tile, const bf16* source, int64_t stride, 
   }
 }
 
+// *to = *from (4 bytes) when bytes is 4, 0 when it is 0; asynchronous, as loadTile
+template <class Word>
+__device__ inline void copyWordAsync(Word* to, const Word* from, int bytes) {
+  static_assert(sizeof(Word) == 4, "4-byte words");
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smemAddress(to)), "l"(from), "r"(bytes));
+}
+
+// the end of the sequence holding `position` in a packed row: the first i > position whose sequence
+// starts after it (seqStart is non-decreasing), or T
+__device__ inline int sequenceEnd(const int32_t* seqStart, int T, int position) {
+  int low = position + 1, high = T;
+  while (low < high) {
+    const int middle = (low + high) / 2;
+    if (seqStart[middle] > position) high = middle;
+    else low = middle + 1;
+  }
+  return low;
+}
+
 __device__ inline void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ inline void cpAsyncWait() {
@@ -377,10 +396,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float scaleLog2 = scale * kLog2e;
   const int lastKey = min(n0 + BN, T) - 1;
 
-  // queries that can see a key of this tile: i >= n0, up to the end of the last key's sequence
-  const int queryBegin = (n0 / BM) * BM;
-  auto tileLive = [&](int m0) { return m0 < T && seqStart[m0] <= lastKey; };
-
+  // queries that can see a key of this tile: from the tile's first key to the end of its last key's
+  // sequence, found once (a per-step read of seqStart in device memory would stall every warp)
+  const int queryBegin = (n0 / BM) * BM, queryEnd = sequenceEnd(seqStart, T, lastKey);
   auto loadQueries = [&](int m0, int slot) {
     loadTile<D>(sQ + slot * BM * D, qHead, qStride, m0, BM, T);
     loadTile<D>(sDo + slot * BM * D, doHead, qStride, m0, BM, T);
@@ -395,7 +413,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 
   loadTile<D>(sK, k + static_cast<int64_t>(hk) * D, kStride, n0, BN, T);
   loadTile<D>(sV, v + static_cast<int64_t>(hk) * D, kStride, n0, BN, T);
-  if (tileLive(queryBegin)) loadQueries(queryBegin, 0);
+  if (queryBegin < queryEnd) loadQueries(queryBegin, 0);
   cpAsyncCommit();
 
   float dkAcc[D / 8][4], dvAcc[D / 8][4];
@@ -405,8 +423,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int key0 = n0 + warp * 16 + lane / 4, key1 = key0 + 8;
 
   int slot = 0;
-  for (int m0 = queryBegin; tileLive(m0); m0 += BM, slot ^= 1) {
-    if (tileLive(m0 + BM)) loadQueries(m0 + BM, slot ^ 1);
+  for (int m0 = queryBegin; m0 < queryEnd; m0 += BM, slot ^= 1) {
+    if (m0 + BM < queryEnd) loadQueries(m0 + BM, slot ^ 1);
     cpAsyncCommit();
     cpAsyncWait<1>();
     __syncthreads();
@@ -460,7 +478,7 @@ __global__ void __launch_bounds__(kWarps * 32)
       *reinterpret_cast<uint32_t*>(tileAt<BM>(sDs, r0, column) + (column & 7)) = fragment[n / 2][(n & 1) * 2];
       *reinterpret_cast<uint32_t*>(tileAt<BM>(sDs, r1, column) + (column & 7)) = fragment[n / 2][(n & 1) * 2 + 1];
     }
-    __syncthreads();
+    __syncthreads();  // dSᵀ written, every read of this step's Q/dO slot done
 
     // dQ (BM × D) += scale · dS (BM × BN) · K (BN × D), in units of 16 queries × 64 columns
     constexpr int kUnits = (BM / 16) * (D / 64);
@@ -488,7 +506,8 @@ __global__ void __launch_bounds__(kWarps * 32)
         if (rowB < T) atomicAddPair(dq + rowB * qStride + static_cast<int64_t>(h) * D + col, acc[n][2] * scale, acc[n][3] * scale);
       }
     }
-    __syncthreads();  // sDs and this slot are rewritten next
+    // no barrier here: the next step rewrites this Q/dO slot only after every thread passed the one
+    // above (all its reads done), and sDs after the next step's first barrier
   }
 
   // this block's share of its kv head's dK, dV
@@ -646,7 +665,7 @@ __global__ void __launch_bounds__(256, 1)
   bf16* sQ = sV + BN * D;                      // (2, BM, D)
   bf16* sDo = sQ + 2 * BM * D;                 // (2, BM, D)
   bf16* sDs = sDo + 2 * BM * D;                // (BN, BM) dSᵀ
-  float* sLse = reinterpret_cast<float*>(sDs + BN * BM);        // (2, BM) log2-domain
+  float* sLse = reinterpret_cast<float*>(sDs + BN * BM);        // (2, BM)
   float* sDot = sLse + 2 * BM;                                  // (2, BM)
   int32_t* sStart = reinterpret_cast<int32_t*>(sDot + 2 * BM);  // (2, BM)
 
@@ -659,23 +678,25 @@ __global__ void __launch_bounds__(256, 1)
   const float scaleLog2 = scale * kLog2e;
   const int lastKey = min(n0 + BN, T) - 1;
 
-  const int queryBegin = (n0 / BM) * BM;
-  auto tileLive = [&](int m0) { return m0 < T && seqStart[m0] <= lastKey; };
+  // queries that can see a key of this tile: from the tile's first key to the end of its last key's
+  // sequence, found once (a per-step read of seqStart in device memory would stall every warp)
+  const int queryBegin = (n0 / BM) * BM, queryEnd = sequenceEnd(seqStart, T, lastKey);
+  // the step's tiles and per-query values, all asynchronous; rows past T read as 0 (Q, dO, lse, rowDots,
+  // seqStart), which the masked path sets apart (query >= T)
   auto loadQueries = [&](int m0, int slot) {
     loadTileSwizzled<D, BM>(sQ + slot * BM * D, qHead, qStride, m0, T);
     loadTileSwizzled<D, BM>(sDo + slot * BM * D, doHead, qStride, m0, T);
     for (int i = threadIdx.x; i < BM; i += blockDim.x) {
-      const int row = m0 + i;
-      const bool valid = row < T;
-      sLse[slot * BM + i] = valid ? lse[static_cast<int64_t>(h) * T + row] * kLog2e : INFINITY;
-      sDot[slot * BM + i] = valid ? rowDots[static_cast<int64_t>(h) * T + row] : 0.0f;
-      sStart[slot * BM + i] = valid ? seqStart[row] : 0x7fffffff;
+      const int row = min(m0 + i, T - 1), bytes = m0 + i < T ? 4 : 0;
+      copyWordAsync(sLse + slot * BM + i, lse + static_cast<int64_t>(h) * T + row, bytes);
+      copyWordAsync(sDot + slot * BM + i, rowDots + static_cast<int64_t>(h) * T + row, bytes);
+      copyWordAsync(sStart + slot * BM + i, seqStart + row, bytes);
     }
   };
 
   loadTileSwizzled<D, BN>(sK, k + static_cast<int64_t>(hk) * D, kStride, n0, T);
   loadTileSwizzled<D, BN>(sV, v + static_cast<int64_t>(hk) * D, kStride, n0, T);
-  if (tileLive(queryBegin)) loadQueries(queryBegin, 0);
+  if (queryBegin < queryEnd) loadQueries(queryBegin, 0);
   cpAsyncCommit();
 
   float dkAcc[D / 8][4], dvAcc[D / 8][4];
@@ -692,8 +713,8 @@ __global__ void __launch_bounds__(256, 1)
   const uint64_t kColumnsDescriptor = matrixDescriptor(sK + swizzled128<BN>(0, group * 64), BN * 128);
 
   int slot = 0;
-  for (int m0 = queryBegin; tileLive(m0); m0 += BM, slot ^= 1) {
-    if (tileLive(m0 + BM)) loadQueries(m0 + BM, slot ^ 1);
+  for (int m0 = queryBegin; m0 < queryEnd; m0 += BM, slot ^= 1) {
+    if (m0 + BM < queryEnd) loadQueries(m0 + BM, slot ^ 1);
     cpAsyncCommit();
     cpAsyncWait<1>();
     fenceSharedForAsyncProxy();
@@ -736,7 +757,7 @@ __global__ void __launch_bounds__(256, 1)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int column = n * 8 + (lane % 4) * 2 + (e & 1);
-        p[n][e] = exp2Fast(p[n][e] * scaleLog2 - tileLse[column]);
+        p[n][e] = exp2Fast(p[n][e] * scaleLog2 - tileLse[column] * kLog2e);
       }
     }
     if (masked) {
@@ -784,7 +805,7 @@ __global__ void __launch_bounds__(256, 1)
     wgmmaWaitAll();
     pinAccumulator(dvAcc);
     pinAccumulator(dkAcc);
-    __syncthreads();
+    __syncthreads();  // both warpgroups' dSᵀ written, every read of this step's Q/dO slot done
 
     // dQ (BM × D) += scale · dS (BM × BN) · K (BN × D): this warpgroup's 64 columns of D, the keys as k;
     // dS read from dSᵀ (M-major), K MN-major
@@ -807,7 +828,8 @@ __global__ void __launch_bounds__(256, 1)
       if (rowA < T) atomicAddPair(dq + rowA * qStride + static_cast<int64_t>(h) * D + col, dqAcc[n][0] * scale, dqAcc[n][1] * scale);
       if (rowB < T) atomicAddPair(dq + rowB * qStride + static_cast<int64_t>(h) * D + col, dqAcc[n][2] * scale, dqAcc[n][3] * scale);
     }
-    __syncthreads();  // sDs and this slot are rewritten next
+    // no barrier here: the next step rewrites this Q/dO slot only after every thread passed the one
+    // above (all its reads done), and sDs after the next step's first barrier
   }
 
   // this block's share of its kv head's dK, dV
