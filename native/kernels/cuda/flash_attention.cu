@@ -42,17 +42,22 @@ __device__ inline Element* tileAt(Element* tile, int row, int col) {
 }
 
 // tile (rows, D) = rows [row0, row0 + rows) of a (T, ·) matrix with `stride` elements per row, rows
-// past T zero-filled. Asynchronous: completes at the next cp.async wait.
-template <int D>
-__device__ inline void loadTile(bf16* tile, const bf16* source, int64_t stride, int row0, int rows, int T) {
+// past T zero-filled, element (r, c) at at(r, c) in shared memory. Asynchronous: completes at the next
+// cp.async wait.
+template <int D, class At>
+__device__ inline void loadRows(const bf16* source, int64_t stride, int row0, int rows, int T, At at) {
   constexpr int kChunks = D / 8;
   for (int c = threadIdx.x; c < rows * kChunks; c += blockDim.x) {
     const int r = c / kChunks, chunk = c % kChunks, row = row0 + r;
     const bf16* from = source + static_cast<int64_t>(row < T ? row : T - 1) * stride + chunk * 8;
-    const uint32_t to = smemAddress(tileAt<D>(tile, r, chunk * 8));
+    const uint32_t to = smemAddress(at(r, chunk * 8));
     const int bytes = row < T ? 16 : 0;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(bytes));
   }
+}
+template <int D>
+__device__ inline void loadTile(bf16* tile, const bf16* source, int64_t stride, int row0, int rows, int T) {
+  loadRows<D>(source, stride, row0, rows, T, [tile](int r, int c) { return tileAt<D>(tile, r, c); });
 }
 
 // *to = *from (4 bytes) when bytes is 4, 0 when it is 0; asynchronous, as loadTile
@@ -548,7 +553,7 @@ struct HopperForwardTiles {
 
 struct HopperBackwardTiles {
   static constexpr int D = 128, BN = 128, BM = 64;
-  // K, V (BN, D); Q, dO (2, BM, D); dSᵀ (BN, BM); per query: log2-sum-exp, rowDots, seqStart (2, BM);
+  // K, V (BN, D); Q, dO (2, BM, D); dSᵀ (BN, BM); per query: log-sum-exp, rowDots, seqStart (2, BM);
   // 1024 bytes to align the tiles
   static constexpr int kSharedBytes = 2 * BN * D * 2 + 4 * BM * D * 2 + BN * BM * 2 + 2 * 3 * BM * 4 + 1024;
 };
@@ -564,17 +569,10 @@ __device__ inline int swizzled128(int row, int col) {
   return (col >> 6) * Rows * 64 + row * 64 + ((((col & 63) >> 3) ^ (row & 7)) << 3) + (col & 7);
 }
 
-// tile (Rows, D) = rows [row0, row0 + Rows) of a (T, ·) matrix, rows past T zero-filled (cp.async)
+// loadTile into the wgmma layout
 template <int D, int Rows>
 __device__ inline void loadTileSwizzled(bf16* tile, const bf16* source, int64_t stride, int row0, int T) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < Rows * kChunks; c += blockDim.x) {
-    const int r = c / kChunks, chunk = c % kChunks, row = row0 + r;
-    const bf16* from = source + static_cast<int64_t>(row < T ? row : T - 1) * stride + chunk * 8;
-    const uint32_t to = smemAddress(tile + swizzled128<Rows>(r, chunk * 8));
-    const int bytes = row < T ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(to), "l"(from), "r"(bytes));
-  }
+  loadRows<D>(source, stride, row0, Rows, T, [tile](int r, int c) { return tile + swizzled128<Rows>(r, c); });
 }
 
 // wgmma's shared-memory matrix descriptor of a 128-byte-swizzled operand starting at `start`:
