@@ -193,6 +193,51 @@ __device__ inline void zeroAccumulator(float (&acc)[N][4]) {
   for (int i = 0; i < N; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
 }
 
+// The forward's end for one 16-row tile of a warp (this thread's rows g and g + 8): O = o / Σ in bf16
+// and the rows' log-sum-exp (natural log) from the log2-domain max and the partial sums of the quad.
+template <int D>
+__device__ inline void storeRows(bf16* out, float* lse, const float (&o)[D / 8][4], const float (&rowMax)[2],
+                                 const float (&rowSum)[2], const int (&rows)[2], int h, int nHead, int T, int lane) {
+  const int64_t qStride = static_cast<int64_t>(nHead) * D;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float sum = rowSum[r];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = rows[r];
+    if (row >= T) continue;
+    const float inverse = 1.0f / sum;
+    bf16* target = out + row * qStride + static_cast<int64_t>(h) * D + (lane % 4) * 2;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      *reinterpret_cast<__nv_bfloat162*>(target + n * 8) =
+          __floats2bfloat162_rn(o[n][2 * r] * inverse, o[n][2 * r + 1] * inverse);
+    }
+    if (lane % 4 == 0) lse[static_cast<int64_t>(h) * T + row] = (rowMax[r] + log2f(sum)) * kLn2;
+  }
+}
+
+// The backward's end: this thread's keys' (key0, key1 = its rows g and g + 8) share of its kv head's dK
+// (scaled) and dV, added with atomics (the group's query heads add to one kv head).
+template <int D>
+__device__ inline void addKeyGradients(float* dk, float* dv, const float (&dkAcc)[D / 8][4],
+                                       const float (&dvAcc)[D / 8][4], int key0, int key1, int hk, int nHeadKv,
+                                       int T, float scale, int lane) {
+  const int64_t kStride = static_cast<int64_t>(nHeadKv) * D;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = r == 0 ? key0 : key1;
+    if (key >= T) continue;
+    float* targetK = dk + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
+    float* targetV = dv + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      atomicAddPair(targetK + n * 8, dkAcc[n][2 * r] * scale, dkAcc[n][2 * r + 1] * scale);
+      atomicAddPair(targetV + n * 8, dvAcc[n][2 * r], dvAcc[n][2 * r + 1]);
+    }
+  }
+}
+
 // ---- forward ----
 
 // kRowTiles 16-row tiles per warp: BM = 16·kRowTiles·warps query rows a block; with two row tiles a
@@ -323,24 +368,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 
 #pragma unroll
-  for (int m = 0; m < M; ++m) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float sum = rowSum[m][r];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const int row = rows[m][r];
-      if (row >= T) continue;
-      const float inverse = 1.0f / sum;
-      bf16* target = out + row * qStride + static_cast<int64_t>(h) * D + (lane % 4) * 2;
-#pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        *reinterpret_cast<__nv_bfloat162*>(target + n * 8) =
-            __floats2bfloat162_rn(o[m][n][2 * r] * inverse, o[m][n][2 * r + 1] * inverse);
-      }
-      if (lane % 4 == 0) lse[static_cast<int64_t>(h) * T + row] = (rowMax[m][r] + log2f(sum)) * kLn2;
-    }
-  }
+  for (int m = 0; m < M; ++m) storeRows<D>(out, lse, o[m], rowMax[m], rowSum[m], rows[m], h, nHead, T, lane);
 }
 
 // ---- backward ----
@@ -515,19 +543,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     // above (all its reads done), and sDs after the next step's first barrier
   }
 
-  // this block's share of its kv head's dK, dV
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = r == 0 ? key0 : key1;
-    if (key >= T) continue;
-    float* targetK = dk + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
-    float* targetV = dv + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      atomicAddPair(targetK + n * 8, dkAcc[n][2 * r] * scale, dkAcc[n][2 * r + 1] * scale);
-      atomicAddPair(targetV + n * 8, dvAcc[n][2 * r], dvAcc[n][2 * r + 1]);
-    }
-  }
+  addKeyGradients<D>(dk, dv, dkAcc, dvAcc, key0, key1, hk, nHeadKv, T, scale, lane);
 }
 
 // ---- Hopper (sm_90a): warpgroup MMA (wgmma) ----
@@ -830,19 +846,7 @@ __global__ void __launch_bounds__(256, 1)
     // above (all its reads done), and sDs after the next step's first barrier
   }
 
-  // this block's share of its kv head's dK, dV
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = r == 0 ? key0 : key1;
-    if (key >= T) continue;
-    float* targetK = dk + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
-    float* targetV = dv + key * kStride + static_cast<int64_t>(hk) * D + (lane % 4) * 2;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      atomicAddPair(targetK + n * 8, dkAcc[n][2 * r] * scale, dkAcc[n][2 * r + 1] * scale);
-      atomicAddPair(targetV + n * 8, dvAcc[n][2 * r], dvAcc[n][2 * r + 1]);
-    }
-  }
+  addKeyGradients<D>(dk, dv, dkAcc, dvAcc, key0, key1, hk, nHeadKv, T, scale, lane);
 }
 
 // grid (nHead, query tiles), heaviest tiles first, as flash_forward_kernel; head dimension 128
@@ -974,22 +978,7 @@ __global__ void __launch_bounds__(256, 2)
     __syncthreads();  // the next iteration's prefetch overwrites this buffer
   }
 
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float sum = rowSum[r];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = rows[r];
-    if (row >= T) continue;
-    const float inverse = 1.0f / sum;
-    bf16* target = out + row * qStride + static_cast<int64_t>(h) * D + (lane % 4) * 2;
-#pragma unroll
-    for (int n = 0; n < D / 8; ++n) {
-      *reinterpret_cast<__nv_bfloat162*>(target + n * 8) =
-          __floats2bfloat162_rn(o[n][2 * r] * inverse, o[n][2 * r + 1] * inverse);
-    }
-    if (lane % 4 == 0) lse[static_cast<int64_t>(h) * T + row] = (rowMax[r] + log2f(sum)) * kLn2;
-  }
+  storeRows<D>(out, lse, o, rowMax, rowSum, rows, h, nHead, T, lane);
 }
 #else
 __global__ void __launch_bounds__(256, 1)
