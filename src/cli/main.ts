@@ -20,7 +20,10 @@ program
 function versionLine(): string {
   try {
     const addon = loadNativeAddon();
-    return `thinktune ${addon.version} (backends: ${addon.backends.join(", ")})`;
+    const backends = addon.backends.map((name) =>
+      name === "cuda" && addon.cudaArchitectures.length > 0 ? `cuda for ${addon.cudaArchitectures.join(", ")}` : name,
+    );
+    return `thinktune ${addon.version} (backends: ${backends.join(", ")})`;
   } catch (error) {
     return `thinktune (native addon unavailable: ${(error as Error).message})`;
   }

@@ -1,5 +1,7 @@
 // Runs everywhere: the addon reports its CUDA support consistently, and where the CUDA engine cannot
 // run, asking for it fails with a message that says why instead of crashing.
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
 import { describe, expect, it } from "vitest";
 import { loadNativeAddon } from "../../src/native/addon.js";
 import { Engine } from "../../src/train/engine.js";
@@ -12,6 +14,19 @@ describe("CUDA support of this build", () => {
     const count = addon.cudaDeviceCount();
     expect(Number.isInteger(count) && count >= 0).toBe(true);
     if (!addon.backends.includes("cuda")) expect(count).toBe(0);
+  });
+
+  it("names the GPU architectures of its CUDA engine, none without one", () => {
+    if (addon.backends.includes("cuda")) {
+      expect(addon.cudaArchitectures.length).toBeGreaterThan(0);
+      for (const name of addon.cudaArchitectures) expect(name).toMatch(/^(\d+[af]?(-(real|virtual))?|native|all|all-major)$/);
+      // the list CMake built it with, where this checkout built it
+      const cache = path.resolve("build", "CMakeCache.txt");
+      const built = existsSync(cache) ? /^CMAKE_CUDA_ARCHITECTURES:\w+=(.*)$/m.exec(readFileSync(cache, "utf8")) : null;
+      if (built) expect(addon.cudaArchitectures.join(";")).toBe(built[1]);
+    } else {
+      expect(addon.cudaArchitectures).toEqual([]);
+    }
   });
 
   it.skipIf(addon.cudaDeviceCount() > 0)("device cuda without a usable GPU is refused with the reason", async () => {
