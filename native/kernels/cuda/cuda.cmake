@@ -69,7 +69,7 @@ if(NOT CMAKE_CUDA_ARCHITECTURES)
     set(CMAKE_CUDA_ARCHITECTURES "80;90a")
   endif()
 endif()
-# 90a (not 90) carries Hopper's warpgroup MMA, which the fused attention's backward uses there
+# 90a (not 90) carries Hopper's warpgroup MMA, which the fused attention's kernels use there
 if("${CMAKE_CUDA_ARCHITECTURES}" MATCHES "90a")
   set(THINKTUNE_SM90A ON)
 endif()
