@@ -217,6 +217,21 @@ __device__ inline void storeRows(bf16* out, float* lse, const float (&o)[D / 8][
   }
 }
 
+// A warp's 16 × 64 block of dQ (rows row0.., columns col0.. of query head h; this thread's rows g and
+// g + 8), scaled, added to device memory with atomics (other key blocks add to the same rows).
+template <int D>
+__device__ inline void addQueryGradients(float* dq, const float (&acc)[8][4], int row0, int col0, int h, int nHead,
+                                         int T, float scale, int lane) {
+  const int64_t qStride = static_cast<int64_t>(nHead) * D;
+  const int rowA = row0 + lane / 4, rowB = rowA + 8;
+#pragma unroll
+  for (int n = 0; n < 8; ++n) {
+    const int col = col0 + n * 8 + (lane % 4) * 2;
+    if (rowA < T) atomicAddPair(dq + rowA * qStride + static_cast<int64_t>(h) * D + col, acc[n][0] * scale, acc[n][1] * scale);
+    if (rowB < T) atomicAddPair(dq + rowB * qStride + static_cast<int64_t>(h) * D + col, acc[n][2] * scale, acc[n][3] * scale);
+  }
+}
+
 // The backward's end: this thread's keys' (key0, key1 = its rows g and g + 8) share of its kv head's dK
 // (scaled) and dV, added with atomics (the group's query heads add to one kv head).
 template <int D>
@@ -531,13 +546,7 @@ __global__ void __launch_bounds__(kWarps * 32)
           mma(acc[2 * n + 1], fa, fb[2], fb[3]);
         }
       }
-      const int rowA = m0 + qRow0 + lane / 4, rowB = rowA + 8;
-#pragma unroll
-      for (int n = 0; n < 8; ++n) {
-        const int col = col0 + n * 8 + (lane % 4) * 2;
-        if (rowA < T) atomicAddPair(dq + rowA * qStride + static_cast<int64_t>(h) * D + col, acc[n][0] * scale, acc[n][1] * scale);
-        if (rowB < T) atomicAddPair(dq + rowB * qStride + static_cast<int64_t>(h) * D + col, acc[n][2] * scale, acc[n][3] * scale);
-      }
+      addQueryGradients<D>(dq, acc, m0 + qRow0, col0, h, nHead, T, scale, lane);
     }
     // no barrier here: the next step rewrites this Q/dO slot only after every thread passed the one
     // above (all its reads done), and sDs after the next step's first barrier
@@ -662,7 +671,6 @@ __device__ inline void wgmma64x128RegisterA(float (&d)[16][4], const uint32_t (&
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1));
 }
 #undef THINKTUNE_ACC4
-
 
 // grid (nHead, key tiles), as flash_backward_kernel; head dimension 128
 __global__ void __launch_bounds__(256, 1)
@@ -835,13 +843,7 @@ __global__ void __launch_bounds__(256, 1)
     wgmmaCommit();
     wgmmaWaitAll();
     pinAccumulator(dqAcc);
-    const int rowA = m0 + warp * 16 + lane / 4, rowB = rowA + 8;
-#pragma unroll
-    for (int n = 0; n < 8; ++n) {
-      const int col = group * 64 + n * 8 + (lane % 4) * 2;
-      if (rowA < T) atomicAddPair(dq + rowA * qStride + static_cast<int64_t>(h) * D + col, dqAcc[n][0] * scale, dqAcc[n][1] * scale);
-      if (rowB < T) atomicAddPair(dq + rowB * qStride + static_cast<int64_t>(h) * D + col, dqAcc[n][2] * scale, dqAcc[n][3] * scale);
-    }
+    addQueryGradients<D>(dq, dqAcc, m0 + warp * 16, group * 64, h, nHead, T, scale, lane);
     // no barrier here: the next step rewrites this Q/dO slot only after every thread passed the one
     // above (all its reads done), and sDs after the next step's first barrier
   }
@@ -1036,8 +1038,8 @@ void launchForwardHopper(const FlashAttentionArgs& a, cudaStream_t stream) {
                              Tiles::kSharedBytes),
         "cudaFuncSetAttribute (flash_forward_hopper_kernel)");
   const dim3 grid(static_cast<unsigned>(a.nHead), static_cast<unsigned>((a.T + Tiles::BM - 1) / Tiles::BM));
-  flash_forward_hopper_kernel<<<grid, 256, Tiles::kSharedBytes, stream>>>(a.out, a.lse, a.q, a.k, a.v, a.seqStart, a.T, a.nHead,
-                                                     a.nHeadKv, a.scale * kLog2e);
+  flash_forward_hopper_kernel<<<grid, 256, Tiles::kSharedBytes, stream>>>(a.out, a.lse, a.q, a.k, a.v, a.seqStart,
+                                                                          a.T, a.nHead, a.nHeadKv, a.scale * kLog2e);
   checkLaunch("flash_forward_hopper_kernel");
 }
 
