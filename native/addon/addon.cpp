@@ -29,9 +29,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   backends.Set(uint32_t(0), Napi::String::New(env, "cpu"));
   if (cudaBackendBuilt()) backends.Set(uint32_t(1), Napi::String::New(env, "cuda"));
   exports.Set("backends", backends);
-  Napi::Array architectures = Napi::Array::New(env);
-  for (const std::string& name : cudaArchitectures()) architectures.Set(architectures.Length(), Napi::String::New(env, name));
-  exports.Set("cudaArchitectures", architectures);
+  exports.Set("cudaArchitectures", Napi::String::New(env, cudaArchitectures()));
   initRegisteredModules(env, exports);
   return exports;
 }

@@ -74,8 +74,8 @@ std::unique_ptr<Backend> createCudaBackend(const EngineOptions& options, const M
 // never throws).
 bool cudaBackendBuilt();
 int cudaDeviceCount();
-// The GPU architectures the CUDA backend was compiled for, as CMAKE_CUDA_ARCHITECTURES names them
-// ("80", "90a": 90a brings the Hopper attention kernels); empty without the backend.
-std::vector<std::string> cudaArchitectures();
+// The GPU architectures the CUDA backend was compiled for, comma-separated as CMAKE_CUDA_ARCHITECTURES
+// names them ("80,90a": 90a brings the Hopper attention kernels); "" without the backend.
+const char* cudaArchitectures();
 
 }  // namespace thinktune

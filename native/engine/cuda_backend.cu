@@ -938,16 +938,7 @@ std::unique_ptr<Backend> createCudaBackend(const EngineOptions& options, const M
 
 bool cudaBackendBuilt() { return true; }
 
-std::vector<std::string> cudaArchitectures() {
-  std::vector<std::string> names;
-  std::string list = THINKTUNE_CUDA_ARCHITECTURES;  // comma-separated, from the build (cuda.cmake)
-  for (size_t start = 0; start <= list.size();) {
-    const size_t end = std::min(list.find(',', start), list.size());
-    if (end > start) names.push_back(list.substr(start, end - start));
-    start = end + 1;
-  }
-  return names;
-}
+const char* cudaArchitectures() { return THINKTUNE_CUDA_ARCHITECTURES; }  // from the build (cuda.cmake)
 
 int cudaDeviceCount() {
   int count = 0;

@@ -14,6 +14,6 @@ std::unique_ptr<Backend> createCudaBackend(const EngineOptions&, const Model&, c
 
 bool cudaBackendBuilt() { return false; }
 int cudaDeviceCount() { return 0; }
-std::vector<std::string> cudaArchitectures() { return {}; }
+const char* cudaArchitectures() { return ""; }
 
 }  // namespace thinktune

@@ -21,7 +21,7 @@ function versionLine(): string {
   try {
     const addon = loadNativeAddon();
     const backends = addon.backends.map((name) =>
-      name === "cuda" && addon.cudaArchitectures.length > 0 ? `cuda for ${addon.cudaArchitectures.join(", ")}` : name,
+      name === "cuda" && addon.cudaArchitectures ? `cuda for ${addon.cudaArchitectures.replaceAll(",", ", ")}` : name,
     );
     return `thinktune ${addon.version} (backends: ${backends.join(", ")})`;
   } catch (error) {

@@ -143,8 +143,8 @@ export interface NativeEngine {
 export interface NativeAddon {
   readonly version: string;
   readonly backends: readonly ("cpu" | "cuda")[];
-  /** the GPU architectures the CUDA backend was compiled for ("80", "90a"); empty without it */
-  readonly cudaArchitectures: readonly string[];
+  /** the GPU architectures the CUDA backend was compiled for, comma-separated ("80,90a"); "" without it */
+  readonly cudaArchitectures: string;
   /** number of usable CUDA devices (0 without the CUDA build or a GPU) */
   cudaDeviceCount(): number;
   quantize(type: number, values: Float32Array): Promise<Uint8Array>;
