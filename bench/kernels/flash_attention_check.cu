@@ -1,10 +1,11 @@
 // Standalone check and timing of the fused attention kernels (native/kernels/cuda/flash_attention.cu)
-// on the GPU: every kernel variant (warps per block) against an fp64 CPU
+// on the GPU: every kernel variant (warps per block; the Hopper kernels, which an sm_90a build runs on a
+// compute capability 9.0 GPU and the others replace with the mma.sync ones) against an fp64 CPU
 // reference on packed rows (several sequences, lengths not multiples of the tiles, grouped-query
 // heads), then forward and forward + backward TFLOP/s at the 7B distill's attention shape, counted
 // as ../shared/bench/sdpa_attention.py counts them (forward 4·T²·D·H/2, backward 2.5× forward).
 // Built with the CUDA engine as build/Release/thinktune_attention_check (native/kernels/cuda/cuda.cmake);
-// by hand: nvcc -std=c++17 -O3 -gencode=arch=compute_90,code=sm_90 -Inative \
+// by hand: nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -DTHINKTUNE_SM90A -Inative \
 //          bench/kernels/flash_attention_check.cu native/kernels/cuda/flash_attention.cu -o flash_check
 // Run:   thinktune_attention_check [--no-check] [--seqs 1024,4096,16384] [--all-variants]
 // (timings of the engine's variant, FlashAttentionArgs' defaults, unless --all-variants; --seqs "" times none)
